@@ -1,0 +1,237 @@
+"""Cellpose-style training folders: images, ``_masks`` label images and a cell-type sidecar.
+
+Layout of a folder ``DIR``::
+
+    DIR/<name>.tif          image (also .tiff or .png), read with flowseg.io.images.read_image
+    DIR/<name>_masks.tif    label image (also .tiff or .png), read with read_labels
+    DIR/cell_types.csv      optional sidecar, header ``name,cell_type``, one row per image
+
+Rules of :func:`list_folder`:
+
+* every image needs its ``_masks`` file and every ``_masks`` file its image (else InputError);
+  with ``require_images=False`` a masks-only folder (ground truth or predictions) is accepted
+  and items without an image get ``image_path=None``;
+* files ending in ``_flows.<ext>`` (Cellpose's flow outputs), hidden files and files that are not
+  images are ignored;
+* **without** ``cell_types.csv`` every item gets cell type ``"unknown"`` (plain Cellpose folders
+  work); **with** it, the sidecar must list every image exactly once and nothing else
+  (a missing, duplicate or extra name is an InputError).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from flowseg.errors import InputError
+from flowseg.io.atomic import atomic_path
+from flowseg.io.images import write_image, write_labels
+
+__all__ = ["CELL_TYPES_FILE", "FolderItem", "UNKNOWN_CELL_TYPE", "folder_cell_types", "list_folder",
+           "list_masks", "read_cell_types", "write_cell_types", "write_folder_item"]
+
+CELL_TYPES_FILE = "cell_types.csv"
+UNKNOWN_CELL_TYPE = "unknown"
+MASKS_SUFFIX = "_masks"
+_FOLDER_SUFFIXES = (".tif", ".tiff", ".png")
+_IGNORED_STEM_ENDINGS = ("_flows",)
+
+
+@dataclass(frozen=True)
+class FolderItem:
+    """One image of a Cellpose-style folder.
+
+    Attributes
+    ----------
+    name : str
+        File stem of the image.
+    image_path : Path or None
+        None only from ``list_folder(..., require_images=False)`` when the image is absent.
+    masks_path : Path
+    cell_type : str
+        From ``cell_types.csv``, or ``"unknown"`` when the folder has no sidecar.
+    """
+
+    name: str
+    image_path: Path | None
+    masks_path: Path
+    cell_type: str
+
+
+def _scan(directory: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+    """Map stems to image files and to ``_masks`` files, refusing duplicate stems."""
+    images: dict[str, Path] = {}
+    masks: dict[str, Path] = {}
+    for path in sorted(directory.iterdir()):
+        if path.name.startswith(".") or not path.is_file() or path.suffix.lower() not in _FOLDER_SUFFIXES:
+            continue
+        stem = path.stem
+        if stem.endswith(_IGNORED_STEM_ENDINGS):
+            continue
+        table, key = (masks, stem[: -len(MASKS_SUFFIX)]) if stem.endswith(MASKS_SUFFIX) else (images, stem)
+        if key in table:
+            raise InputError(f"{directory}: two files for {key!r}: {table[key].name} and {path.name}")
+        table[key] = path
+    return images, masks
+
+
+def read_cell_types(path: str | os.PathLike) -> dict[str, str]:
+    """Read a ``name,cell_type`` sidecar.
+
+    Returns
+    -------
+    cell_types : dict of str to str
+        In file order.
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames is None or list(reader.fieldnames[:2]) != ["name", "cell_type"]:
+                raise InputError(f"{path}: expected header 'name,cell_type', got {reader.fieldnames}")
+            out: dict[str, str] = {}
+            for row in reader:
+                name, cell_type = (row["name"] or "").strip(), (row["cell_type"] or "").strip()
+                where = f"{path.name} line {reader.line_num}"
+                if not name or not cell_type:
+                    raise InputError(f"{where}: empty name or cell_type")
+                if name in out:
+                    raise InputError(f"{where}: name {name!r} listed twice")
+                out[name] = cell_type
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return out
+
+
+def _check_folder(directory: str | os.PathLike) -> Path:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise InputError(f"{directory}: no such folder (expected a Cellpose-style image folder)")
+    return directory
+
+
+def folder_cell_types(directory: str | os.PathLike, names: Iterable[str]) -> dict[str, str]:
+    """Cell type of each of ``names`` from ``directory/cell_types.csv``.
+
+    Without the sidecar every name gets ``"unknown"``; with it, the sidecar must list exactly
+    ``names`` (else InputError).
+
+    Returns
+    -------
+    cell_types : dict of str to str
+    """
+    names = sorted(names)
+    sidecar = Path(directory) / CELL_TYPES_FILE
+    if not sidecar.exists():
+        return dict.fromkeys(names, UNKNOWN_CELL_TYPE)
+    cell_types = read_cell_types(sidecar)
+    missing = sorted(set(names) - set(cell_types))
+    extra = sorted(set(cell_types) - set(names))
+    if missing or extra:
+        raise InputError(f"{sidecar}: must list every image of the folder once; "
+                         f"missing {missing[:5]}, not in folder {extra[:5]}")
+    return {name: cell_types[name] for name in names}
+
+
+def list_masks(directory: str | os.PathLike) -> dict[str, Path]:
+    """Names (stems without ``_masks``) to ``_masks`` files of a folder, sorted; images optional.
+
+    Raises
+    ------
+    InputError
+        Missing folder, or two masks files for one name.
+    """
+    _, masks = _scan(_check_folder(directory))
+    return dict(sorted(masks.items()))
+
+
+def list_folder(directory: str | os.PathLike, *, require_images: bool = True) -> list[FolderItem]:
+    """List the image/masks pairs of a Cellpose-style folder, sorted by name.
+
+    Parameters
+    ----------
+    directory : path-like
+    require_images : bool, optional
+        If False, masks files without an image are items with ``image_path=None`` (images
+        without masks are still refused).
+
+    Returns
+    -------
+    items : list of FolderItem
+
+    Raises
+    ------
+    InputError
+        Missing folder, an image without masks or masks without image, a sidecar that does not
+        list exactly the folder's items.
+    """
+    directory = _check_folder(directory)
+    images, masks = _scan(directory)
+    for name in sorted(set(images) ^ set(masks)):
+        if name in images:
+            raise InputError(f"{directory}: image {images[name].name} has no masks file "
+                             f"({name}{MASKS_SUFFIX}.tif)")
+        if require_images:
+            raise InputError(f"{directory}: masks file {masks[name].name} has no image ({name}.tif)")
+    cell_types = folder_cell_types(directory, masks)
+    return [FolderItem(name, images.get(name), masks[name], cell_types[name]) for name in sorted(masks)]
+
+
+def _check_name(name: str) -> str:
+    if not name or name.startswith(".") or "/" in name or "\\" in name or name.endswith(MASKS_SUFFIX):
+        raise ValueError(f"name must be a plain file stem (no '/', not starting with '.', not "
+                         f"ending in {MASKS_SUFFIX!r}), got {name!r}")
+    return name
+
+
+def write_folder_item(directory: str | os.PathLike, name: str, image: np.ndarray,
+                      labels: np.ndarray, cell_type: str) -> FolderItem:
+    """Write ``<name>.tif`` and ``<name>_masks.tif`` into ``directory`` (atomically each).
+
+    The sidecar is not touched: write it once with :func:`write_cell_types`.
+
+    Parameters
+    ----------
+    directory : path-like
+        Created if missing.
+    name : str
+    image : (H, W) or (C, H, W) ndarray
+        Written unchanged (dtype kept).
+    labels : (H, W) ndarray of int
+        Same height and width as ``image``.
+    cell_type : str
+
+    Returns
+    -------
+    item : FolderItem
+    """
+    _check_name(name)
+    if np.shape(labels) != np.shape(image)[-2:]:
+        raise ValueError(f"labels shape {np.shape(labels)} must equal the image's height and "
+                         f"width {np.shape(image)[-2:]}")
+    directory = Path(directory)
+    item = FolderItem(name, directory / f"{name}.tif", directory / f"{name}{MASKS_SUFFIX}.tif", cell_type)
+    write_image(item.image_path, image)
+    write_labels(item.masks_path, labels)
+    return item
+
+
+def write_cell_types(directory: str | os.PathLike, cell_types: Mapping[str, str]) -> Path:
+    """Write ``directory/cell_types.csv`` (header ``name,cell_type``, rows sorted by name).
+
+    Returns
+    -------
+    path : Path
+    """
+    path = Path(directory) / CELL_TYPES_FILE
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["name", "cell_type"])
+        for name in sorted(cell_types):
+            writer.writerow([_check_name(name), cell_types[name]])
+    return path

@@ -1,0 +1,160 @@
+"""The competition run-length encoding (pure codec, no file access).
+
+An encoded mask is a string of space-separated ``start length`` pairs. ``start`` is 1-based and
+counts pixels over the image flattened **row-major** (left to right, then top to bottom); each
+pair marks ``length`` consecutive foreground pixels. Runs are listed in increasing order and do
+not overlap. The empty string is the empty mask.
+
+Examples
+--------
+>>> import numpy as np
+>>> rle_decode("2 3 9 1", (3, 4)).astype(int)
+array([[0, 1, 1, 1],
+       [0, 0, 0, 0],
+       [1, 0, 0, 0]])
+>>> rle_encode(np.array([[0, 1, 1, 1], [0, 0, 0, 0], [1, 0, 0, 0]]))
+'2 3 9 1'
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from flowseg.errors import InputError
+
+__all__ = ["rle_decode", "rle_decode_indices", "rle_encode"]
+
+
+def _check_shape(shape: tuple[int, int], name: str) -> tuple[int, int]:
+    """Return ``shape`` as two positive ints, or raise naming ``name``."""
+    try:
+        height, width = (int(s) for s in shape)
+    except (TypeError, ValueError):
+        raise InputError(f"{name}: shape must be two integers (height, width), got {shape!r}") from None
+    if height < 1 or width < 1:
+        raise InputError(f"{name}: shape must be positive (height, width), got {shape!r}")
+    return height, width
+
+
+def _parse_integers(rle: str, name: str) -> np.ndarray:
+    """Split ``rle`` into a 1-D int64 array, or raise naming the first bad token."""
+    if not isinstance(rle, str):
+        raise InputError(f"{name}: RLE must be a string, got {type(rle).__name__}")
+    tokens = np.array(rle.split(), dtype=str)
+    if tokens.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    # Plain decimal digits only: rejects '1.5', '-3', '+3', '1e3', 'nan'.
+    bad = ~np.char.isdigit(tokens)
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise InputError(f"{name}: RLE must contain only non-negative integers, "
+                         f"token {first + 1} is {str(tokens[first])!r}")
+    if (np.char.str_len(tokens) > 18).any():
+        raise InputError(f"{name}: RLE contains an integer with more than 18 digits")
+    return tokens.astype(np.int64)
+
+
+def _check_runs(starts: np.ndarray, lengths: np.ndarray, n_pixels: int, name: str) -> None:
+    """Raise naming ``name`` and the first offending pair unless the runs are valid."""
+    def fail(mask: np.ndarray, problem: str) -> None:
+        if mask.any():
+            i = int(np.argmax(mask))
+            raise InputError(f"{name}: RLE pair {i + 1} ({starts[i]} {lengths[i]}): {problem}")
+
+    fail(starts < 1, "start must be >= 1 (starts are 1-based)")
+    fail(lengths < 1, "length must be >= 1")
+    ends = starts + lengths - 1  # last pixel of each run, 1-based
+    fail(ends > n_pixels, f"run ends past the last pixel of the image ({n_pixels} pixels)")
+    later = np.zeros(starts.shape, dtype=bool)
+    later[1:] = starts[1:] <= starts[:-1]
+    fail(later, "starts must be strictly increasing")
+    overlap = np.zeros(starts.shape, dtype=bool)
+    overlap[1:] = starts[1:] <= ends[:-1]
+    fail(overlap, "run overlaps the previous run")
+
+
+def rle_decode_indices(rle: str, shape: tuple[int, int], *, name: str = "annotation") -> np.ndarray:
+    """Decode an RLE string into the flat (row-major, 0-based) indices of its pixels.
+
+    Parameters
+    ----------
+    rle : str
+        Space-separated 1-based ``start length`` pairs; ``""`` is the empty mask.
+    shape : (int, int)
+        Image ``(height, width)``.
+    name : str, optional
+        What the RLE is, for error messages (e.g. ``"train.csv line 17 (id 0a6ecc5fe78a)"``).
+
+    Returns
+    -------
+    indices : (K,) ndarray of int64
+        Sorted flat indices into the image raveled in C order, ``K`` = foreground pixel count.
+
+    Raises
+    ------
+    InputError
+        Odd number of integers, non-integer tokens, non-positive starts or lengths, starts
+        not strictly increasing, overlapping runs, or runs past the end of the image.
+    """
+    height, width = _check_shape(shape, name)
+    values = _parse_integers(rle, name)
+    if values.size % 2:
+        raise InputError(f"{name}: RLE must hold an even number of integers "
+                         f"(start length pairs), got {values.size}")
+    starts, lengths = values[0::2], values[1::2]
+    _check_runs(starts, lengths, height * width, name)
+    if starts.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    # Offset of each run's first pixel, minus the number of pixels in earlier runs.
+    run_offset = starts - 1 - (np.cumsum(lengths) - lengths)
+    return np.repeat(run_offset, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
+
+
+def rle_decode(rle: str, shape: tuple[int, int], *, name: str = "annotation") -> np.ndarray:
+    """Decode an RLE string into a boolean mask.
+
+    Parameters
+    ----------
+    rle : str
+        Space-separated 1-based ``start length`` pairs over the row-major flattened image.
+    shape : (int, int)
+        Image ``(height, width)``.
+    name : str, optional
+        What the RLE is, for error messages.
+
+    Returns
+    -------
+    mask : (H, W) ndarray of bool
+
+    Raises
+    ------
+    InputError
+        See :func:`rle_decode_indices`.
+    """
+    indices = rle_decode_indices(rle, shape, name=name)
+    mask = np.zeros(int(shape[0]) * int(shape[1]), dtype=bool)
+    mask[indices] = True
+    return mask.reshape(int(shape[0]), int(shape[1]))
+
+
+def rle_encode(mask: np.ndarray) -> str:
+    """Encode a 2-D mask as 1-based ``start length`` pairs over its row-major flattening.
+
+    Parameters
+    ----------
+    mask : (H, W) array_like of bool or int
+        Foreground where non-zero.
+
+    Returns
+    -------
+    rle : str
+        ``""`` for an empty mask.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2-D (H, W), got shape {mask.shape}")
+    flat = np.concatenate([[False], mask.ravel() != 0, [False]])
+    changes = np.flatnonzero(flat[1:] != flat[:-1])  # 0-based: run starts and one-past-ends
+    starts, ends = changes[0::2], changes[1::2]
+    pairs = np.stack([starts + 1, ends - starts], axis=1).ravel()
+    return " ".join(map(str, pairs.tolist()))
