@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ClassThresholds", "SegmentConfig"]
+__all__ = ["AugmentConfig", "ClassThresholds", "ModelConfig", "SegmentConfig", "TrainConfig"]
 
 
 def _check_finite(name: str, value: Any) -> float:
@@ -74,7 +74,10 @@ class SegmentConfig:
     min_size : int
         Minimum instance size in pixels.
     niter : int
-        Number of flow-following steps.
+        Longest flow path, in pixel steps, that is followed to its end. flowseg follows flows
+        by pointer jumping (``2**ceil(log2(niter))`` steps in ``ceil(log2(niter))`` rounds), so
+        the cost grows with ``log(niter)``; a pixel farther than this from its cell's sink ends
+        early (and may split off). The default covers cells ~1000 px long.
     fill_holes : bool
         Fill holes enclosed by each instance.
     per_class : Mapping[str, ClassThresholds]
@@ -84,7 +87,7 @@ class SegmentConfig:
     cellprob_threshold: float = 0.0
     flow_threshold: float = 0.4
     min_size: int = 15
-    niter: int = 200
+    niter: int = 1024
     fill_holes: bool = True
     per_class: Mapping[str, ClassThresholds] = field(default_factory=dict)
 
@@ -127,3 +130,221 @@ class SegmentConfig:
         d = dict(d)
         d["per_class"] = {k: ClassThresholds(**v) for k, v in d.get("per_class", {}).items()}
         return cls(**d)
+
+
+# ----------------------------------------------------------------------------- model / training
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
+    return value
+
+
+def _check_range(name: str, value: Any, *, low: float, high: float) -> tuple[float, float]:
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"{name}: expected a pair (min, max), got {value!r}")
+    lo, hi = (_check_finite(f"{name}[{i}]", v) for i, v in enumerate(value))
+    if not low <= lo <= hi <= high:
+        raise ValueError(f"{name}: expected {low} <= min <= max <= {high}, got {value!r}")
+    return lo, hi
+
+
+def _from_plain(cls: type, d: Mapping[str, Any], **nested: Any) -> Any:
+    """Build a frozen config from a plain dict, refusing unknown keys; lists become tuples."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown keys {sorted(unknown)}; expected {sorted(known)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    values.update({k: f(values[k]) for k, f in nested.items() if k in values})
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the flowseg U-Net (stored with the weights).
+
+    Attributes
+    ----------
+    in_channels : int
+        Image channels C of the network input (1 for grayscale).
+    n_classes : int
+        Number K of cell-type classes (``K >= 1``).
+    widths : tuple of int
+        Feature channels per resolution level, finest first; ``len(widths) - 1`` poolings, so
+        the network works internally on sizes padded to a multiple of ``2 ** (len(widths) - 1)``.
+    blocks : int
+        Residual units (two pre-activation convolutions each) per level, encoder and decoder.
+    kernel_size : int
+        Odd convolution kernel size.
+    skip : {"add", "concat"}
+        How encoder features join the decoder: summed (Cellpose) or concatenated.
+    style : bool
+        Add the image style vector (normalised global average of the deepest features) into
+        the decoder convolutions.
+    """
+
+    in_channels: int = 1
+    n_classes: int = 1
+    widths: tuple[int, ...] = (32, 64, 128, 256)
+    blocks: int = 1
+    kernel_size: int = 3
+    skip: str = "add"
+    style: bool = True
+
+    def __post_init__(self) -> None:
+        _check_int("in_channels", self.in_channels, minimum=1)
+        _check_int("n_classes", self.n_classes, minimum=1)
+        if not isinstance(self.widths, tuple) or len(self.widths) < 2:
+            raise TypeError(f"widths: expected a tuple of at least 2 ints, got {self.widths!r}")
+        for i, w in enumerate(self.widths):
+            _check_int(f"widths[{i}]", w, minimum=1)
+        _check_int("blocks", self.blocks, minimum=1)
+        if _check_int("kernel_size", self.kernel_size, minimum=1) % 2 == 0:
+            raise ValueError(f"kernel_size: expected an odd int, got {self.kernel_size}")
+        _check_choice("skip", self.skip, ("add", "concat"))
+        if not isinstance(self.style, bool):
+            raise TypeError(f"style: expected a bool, got {self.style!r}")
+
+    @property
+    def size_multiple(self) -> int:
+        """Input sizes are padded internally to a multiple of this."""
+        return 2 ** (len(self.widths) - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-python representation (for checkpoints and JSON)."""
+        d = dataclasses.asdict(self)
+        d["widths"] = list(self.widths)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        return _from_plain(cls, d)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random paired image/labels augmentation used in training.
+
+    Attributes
+    ----------
+    flip : bool
+        Random vertical and horizontal flips.
+    rot90 : bool
+        Random multiples of 90 degree rotations.
+    rotation : float
+        Extra rotation drawn uniformly from ``[-rotation, rotation]`` degrees (0 disables).
+    scale : (float, float)
+        Zoom factor range (``>1`` enlarges the cells); labels resampled nearest.
+    brightness : float
+        Added offset drawn from ``[-brightness, brightness]`` (images are normalised to ~[0, 1]).
+    contrast : (float, float)
+        Multiplicative contrast factor range.
+    gamma : (float, float)
+        Gamma exponent range applied to the positive part of the image.
+    """
+
+    flip: bool = True
+    rot90: bool = True
+    rotation: float = 180.0
+    scale: tuple[float, float] = (0.75, 1.25)
+    brightness: float = 0.1
+    contrast: tuple[float, float] = (0.8, 1.2)
+    gamma: tuple[float, float] = (0.8, 1.25)
+
+    def __post_init__(self) -> None:
+        for name in ("flip", "rot90"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name}: expected a bool, got {getattr(self, name)!r}")
+        if not 0 <= _check_finite("rotation", self.rotation) <= 180:
+            raise ValueError(f"rotation: expected degrees in [0, 180], got {self.rotation}")
+        _check_range("scale", self.scale, low=0.1, high=10.0)
+        if not 0 <= _check_finite("brightness", self.brightness) <= 1:
+            raise ValueError(f"brightness: expected a value in [0, 1], got {self.brightness}")
+        _check_range("contrast", self.contrast, low=0.0, high=10.0)
+        _check_range("gamma", self.gamma, low=0.05, high=20.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-python representation (for checkpoints and JSON)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AugmentConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        return _from_plain(cls, d)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that makes a training run (stored in its checkpoints).
+
+    Attributes
+    ----------
+    epochs : int
+        Passes over the training images.
+    batch_size : int
+        Crops per optimisation step.
+    lr : float
+        Peak AdamW learning rate (after linear warm-up; cosine decay to 0 afterwards).
+    weight_decay : float
+        AdamW weight decay.
+    warmup_epochs : float
+        Length of the linear learning-rate warm-up, in epochs.
+    crop_size : int
+        Side of the square training crops (a multiple of the model's size multiple is fastest).
+    val_every : int
+        Segment and score the validation images every this many epochs (and after the last).
+    seed : int
+        Seeds weights, augmentation and data order: equal seeds give equal runs.
+    device : str
+        ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda:N"``.
+    num_workers : int
+        DataLoader worker processes for augmentation (0 = in the main process).
+    flow_weight, cellprob_weight, class_weight : float
+        Loss weights of the flow MSE, cell-probability BCE and class cross-entropy.
+    augment : AugmentConfig
+        Training augmentation.
+    """
+
+    epochs: int = 100
+    batch_size: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 5.0
+    crop_size: int = 256
+    val_every: int = 5
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+    flow_weight: float = 0.5
+    cellprob_weight: float = 1.0
+    class_weight: float = 0.5
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        _check_int("epochs", self.epochs, minimum=1)
+        _check_int("batch_size", self.batch_size, minimum=1)
+        if _check_finite("lr", self.lr) <= 0:
+            raise ValueError(f"lr: expected > 0, got {self.lr}")
+        for name in ("weight_decay", "warmup_epochs", "flow_weight", "cellprob_weight", "class_weight"):
+            if _check_finite(name, getattr(self, name)) < 0:
+                raise ValueError(f"{name}: expected >= 0, got {getattr(self, name)}")
+        _check_int("crop_size", self.crop_size, minimum=8)
+        _check_int("val_every", self.val_every, minimum=1)
+        _check_int("seed", self.seed, minimum=0)
+        if not isinstance(self.device, str):
+            raise TypeError(f"device: expected a str ('auto', 'cpu', 'cuda:N'), got {self.device!r}")
+        _check_int("num_workers", self.num_workers, minimum=0)
+        if not isinstance(self.augment, AugmentConfig):
+            raise TypeError(f"augment: expected an AugmentConfig, got {type(self.augment).__name__}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-python representation (for checkpoints and JSON)."""
+        d = dataclasses.asdict(self)
+        d["augment"] = self.augment.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        return _from_plain(cls, d, augment=AugmentConfig.from_dict)
