@@ -1,0 +1,151 @@
+"""``flowseg-train``: train a flowseg model on Cellpose-style folders (a thin wrapper of ``fit``).
+
+``--data DIR`` is either a ``data_prep`` output (``DIR/train`` and ``DIR/val``) or one
+Cellpose-style folder (``<name>.tif``, ``<name>_masks.tif``, ``cell_types.csv``). Class names are
+the sorted distinct cell types of the training folder. ``--resume`` continues ``--out`` from its
+``last.pt`` with the stored settings (only ``--epochs``, ``--device`` and ``--num-workers`` may
+change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from flowseg.cli._common import run_main, setup_logging
+from flowseg.config import ModelConfig, TrainConfig
+
+__all__ = ["build_parser", "main", "run"]
+
+log = logging.getLogger("flowseg.train")
+
+#: argparse dest -> TrainConfig field, and -> ModelConfig field.
+_TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "crop": "crop_size",
+                  "device": "device", "seed": "seed", "val_every": "val_every",
+                  "num_workers": "num_workers", "warmup_epochs": "warmup_epochs",
+                  "weight_decay": "weight_decay"}
+_MODEL_OPTIONS = {"widths": "widths", "blocks": "blocks", "skip": "skip"}
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints like 32,64,128,256, got {text!r}") from None
+    if len(widths) < 2 or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 2 positive widths, got {text!r}")
+    return widths
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options (config options default to None = the config's default)."""
+    p = argparse.ArgumentParser(prog="flowseg-train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, type=Path,
+                   help="data_prep output (DIR/train, DIR/val) or one Cellpose-style folder")
+    p.add_argument("--val", type=Path, help="validation folder (default: DIR/val when present)")
+    p.add_argument("--out", required=True, type=Path, help="run folder (last.pt, best.pt, history)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="peak AdamW learning rate")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--warmup-epochs", type=float)
+    p.add_argument("--crop", type=int, help="training crop side in pixels (default 256)")
+    p.add_argument("--device", help="auto (CUDA when available), cpu, cuda:N")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--val-every", type=int, help="score the val images every N epochs")
+    p.add_argument("--num-workers", type=int, help="DataLoader workers for augmentation")
+    p.add_argument("--widths", type=_widths, help="channels per level, e.g. 32,64,128,256")
+    p.add_argument("--blocks", type=int, help="residual units per level")
+    p.add_argument("--skip", choices=("add", "concat"), help="how skips join the decoder")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue the run in --out")
+    mode.add_argument("--overwrite", action="store_true",
+                      help="replace the run files (last.pt, best.pt, history.*) in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    return p
+
+
+def _folders(data: Path, val: Path | None) -> tuple[Path, Path | None]:
+    """Training and validation folders of ``--data`` / ``--val``."""
+    if not data.is_dir():
+        raise FileNotFoundError(f"--data {data}: no such folder")
+    if (data / "train").is_dir():
+        train = data / "train"
+        if val is None and (data / "val").is_dir():
+            val = data / "val"
+    else:
+        train = data
+    if val is not None and not val.is_dir():
+        raise FileNotFoundError(f"--val {val}: no such folder")
+    return train, val
+
+
+def _prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
+    from flowseg.training.engine import RUN_FILES
+
+    if resume:
+        if not (out / "last.pt").is_file():
+            raise FileNotFoundError(f"--out {out}: no last.pt to resume")
+        return
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"--out {out}: folder is not empty (use --resume to continue "
+                                  "the run, or --overwrite to replace it)")
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+
+
+def _overrides(args: argparse.Namespace, options: dict[str, str]) -> dict:
+    return {field: getattr(args, dest) for dest, field in options.items()
+            if getattr(args, dest) is not None}
+
+
+def _configs(args: argparse.Namespace, n_classes: int) -> tuple[TrainConfig, ModelConfig]:
+    """Configs from the defaults (or, with --resume, the stored ones) and the given options."""
+    if args.resume:
+        from flowseg.model.checkpoint import load_model
+
+        stored = load_model(args.out / "last.pt")
+        train, model = stored.train_config or TrainConfig(), stored.model_config
+    else:
+        train, model = TrainConfig(), ModelConfig(n_classes=n_classes)
+    train = dataclasses.replace(train, **_overrides(args, _TRAIN_OPTIONS))
+    model = dataclasses.replace(model, **_overrides(args, _MODEL_OPTIONS))
+    return train, model
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the program; returns the exit code."""
+    from flowseg.data.dataset import class_names_of, load_folder
+    from flowseg.training.engine import fit
+
+    args = build_parser().parse_args(argv)
+    setup_logging(args.quiet)
+    train_dir, val_dir = _folders(args.data, args.val)
+    _prepare_out(args.out, resume=args.resume, overwrite=args.overwrite)
+    train_items = load_folder(train_dir)
+    if not train_items:
+        raise FileNotFoundError(f"{train_dir}: no training images")
+    val_items = load_folder(val_dir) if val_dir is not None else []
+    if val_dir is None:
+        log.warning("no validation folder (--val, or DIR/val): no val scores, best.pt is not "
+                    "written; last.pt is the final model")
+    class_names = class_names_of(train_items)
+    train_config, model_config = _configs(args, len(class_names))
+    log.info("training on %d images (%s), validating on %d; classes %s", len(train_items),
+             train_dir, len(val_items), class_names)
+    model = fit(train_items, val_items, train_config, model_config, args.out,
+                resume=args.resume, progress=not args.quiet)
+    log.info("done: %s (val score %s)", args.out / ("best.pt" if val_items else "last.pt"),
+             model.metadata.get("val_score"))
+    return 0
+
+
+def run() -> int:
+    """Console-script entry point."""
+    return run_main("flowseg-train", main)

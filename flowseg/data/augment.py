@@ -1,0 +1,127 @@
+"""Paired random augmentation of an image and its labels (crop, flips, rotations, scale, intensity).
+
+All geometric steps are folded into one affine map sampled per crop: the image is resampled
+bilinearly, the labels nearest, both with zeros outside the source image, so they stay aligned.
+When the map is a pure flip / 90-degree rotation with an integer offset the resampling is exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from flowseg.config import AugmentConfig
+
+__all__ = ["AffineMap", "random_affine", "apply_affine", "adjust_intensity", "augment_pair"]
+
+
+@dataclass(frozen=True)
+class AffineMap:
+    """Output pixel ``o`` (row, col) samples the input at ``matrix @ o + offset``.
+
+    Attributes
+    ----------
+    matrix : (2, 2) ndarray of float64
+    offset : (2,) ndarray of float64
+    shape : (int, int)
+        Output (crop) shape.
+    """
+
+    matrix: np.ndarray
+    offset: np.ndarray
+    shape: tuple[int, int]
+
+
+def _orientation(rng: np.random.Generator, config: AugmentConfig) -> np.ndarray:
+    """Random signed permutation matrix from flips and 90-degree rotations."""
+    m = np.eye(2)
+    if config.flip:
+        m = np.diag(rng.choice([-1.0, 1.0], size=2)) @ m
+    if config.rot90 and rng.random() < 0.5:
+        m = np.array([[0.0, -1.0], [1.0, 0.0]]) @ m
+    return m
+
+
+def random_affine(image_shape: tuple[int, int], crop_size: int, rng: np.random.Generator,
+                  config: AugmentConfig) -> AffineMap:
+    """Sample the geometric augmentation of one ``crop_size`` crop from an image of ``image_shape``.
+
+    The crop lies inside the (transformed) image when it fits, and is centred (zero padded)
+    when it does not.
+    """
+    theta = np.deg2rad(rng.uniform(-config.rotation, config.rotation)) if config.rotation else 0.0
+    zoom = rng.uniform(*config.scale)
+    rotation = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    matrix = rotation @ _orientation(rng, config) / zoom
+    centre_out = np.full(2, (crop_size - 1) / 2)
+    half = np.abs(matrix) @ centre_out
+    centre_in = np.empty(2)
+    for axis, size in enumerate(image_shape):
+        room = size - 1 - 2 * half[axis]
+        centre_in[axis] = (size - 1) / 2 if room <= 0 else half[axis] + rng.uniform(0, room)
+    offset = centre_in - matrix @ centre_out
+    if np.array_equal(matrix, np.round(matrix)):
+        offset = np.round(offset)
+    return AffineMap(matrix, offset, (crop_size, crop_size))
+
+
+def apply_affine(image: np.ndarray, labels: np.ndarray, transform: AffineMap
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Resample ``image`` (C, H, W) float32 bilinearly and ``labels`` (H, W) int nearest.
+
+    Returns
+    -------
+    image : (C, h, w) ndarray of float32
+    labels : (h, w) ndarray of int32
+    """
+    def warp(a: np.ndarray, order: int) -> np.ndarray:
+        return ndimage.affine_transform(a, transform.matrix, transform.offset,
+                                        output_shape=transform.shape, order=order,
+                                        mode="constant", cval=0, prefilter=False)
+
+    out = np.stack([warp(c, 1) for c in image.astype(np.float32, copy=False)])
+    return out, warp(labels.astype(np.int32, copy=False), 0)
+
+
+def adjust_intensity(image: np.ndarray, rng: np.random.Generator, config: AugmentConfig) -> np.ndarray:
+    """Random gamma (on the positive part), contrast and brightness of a normalised image."""
+    gamma = np.exp(rng.uniform(*np.log(config.gamma)))
+    contrast = rng.uniform(*config.contrast)
+    brightness = rng.uniform(-config.brightness, config.brightness)
+    positive = np.maximum(image, 0)
+    out = np.where(image > 0, positive ** gamma, image)
+    return (out * contrast + brightness).astype(np.float32)
+
+
+def augment_pair(image: np.ndarray, labels: np.ndarray, *, crop_size: int,
+                 rng: np.random.Generator, config: AugmentConfig | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Random crop + geometric + intensity augmentation of a normalised image and its labels.
+
+    Parameters
+    ----------
+    image : (C, H, W) ndarray of float32
+        Normalised image (see :func:`flowseg.data.normalize.normalize_image`).
+    labels : (H, W) ndarray of int
+        Instance labels of ``image``.
+    crop_size : int
+        Side of the square output.
+    rng : numpy.random.Generator
+        Source of all randomness (seed it for repeatable crops).
+    config : AugmentConfig, optional
+        ``None`` uses the defaults.
+
+    Returns
+    -------
+    image : (C, crop_size, crop_size) ndarray of float32
+    labels : (crop_size, crop_size) ndarray of int32
+    """
+    config = AugmentConfig() if config is None else config
+    if image.ndim != 3 or labels.shape != image.shape[1:]:
+        raise ValueError(f"image, labels: expected shapes (C, H, W) and (H, W), "
+                         f"got {image.shape} and {labels.shape}")
+    transform = random_affine(labels.shape, crop_size, rng, config)
+    image, labels = apply_affine(image, labels, transform)
+    return adjust_intensity(image, rng, config), labels

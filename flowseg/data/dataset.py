@@ -1,0 +1,120 @@
+"""Training samples in memory and the augmented crop dataset.
+
+Randomness is keyed by ``(seed, epoch, index)``: a crop does not depend on worker processes
+or on where a run was resumed, so equal seeds give equal runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from flowseg.config import AugmentConfig
+from flowseg.data.augment import augment_pair
+from flowseg.data.normalize import normalize_image
+
+__all__ = ["Sample", "make_sample", "load_folder", "class_names_of", "CropDataset",
+           "epoch_order"]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One normalised training or validation image.
+
+    Attributes
+    ----------
+    name : str
+    image : (C, H, W) ndarray of float32
+        Normalised (:func:`normalize_image`).
+    labels : (H, W) ndarray of int32
+    cell_type : str
+    """
+
+    name: str
+    image: np.ndarray
+    labels: np.ndarray
+    cell_type: str
+
+
+def make_sample(name: str, image: np.ndarray, labels: np.ndarray, cell_type: str) -> Sample:
+    """Normalise ``image`` ((H, W) or (C, H, W), any dtype) and check it against ``labels``."""
+    image = normalize_image(image)
+    labels = np.asarray(labels)
+    if labels.shape != image.shape[1:]:
+        raise ValueError(f"{name}: labels shape {labels.shape} does not match the image's "
+                         f"height and width {image.shape[1:]}")
+    if not np.issubdtype(labels.dtype, np.integer) or (labels.size and labels.min() < 0):
+        raise ValueError(f"{name}: expected non-negative integer labels, got dtype {labels.dtype}")
+    return Sample(name, image, labels.astype(np.int32, copy=False), str(cell_type))
+
+
+def load_folder(directory: str | os.PathLike) -> list[Sample]:
+    """Read and normalise every image of a Cellpose-style folder (see flowseg.io.folders)."""
+    from flowseg.io.folders import list_folder
+    from flowseg.io.images import read_image, read_labels
+
+    return [make_sample(item.name, read_image(item.image_path), read_labels(item.masks_path),
+                        item.cell_type) for item in list_folder(directory)]
+
+
+def class_names_of(samples: Sequence[Sample]) -> tuple[str, ...]:
+    """Sorted distinct cell types of ``samples``."""
+    return tuple(sorted({s.cell_type for s in samples}))
+
+
+def epoch_order(n: int, *, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled order of ``n`` samples in ``epoch`` (a pure function of seed and epoch)."""
+    return np.random.default_rng([seed, epoch, 0]).permutation(n)
+
+
+class CropDataset(Dataset):
+    """Augmented square crops of samples: item ``i`` -> (image, labels, class index).
+
+    Parameters
+    ----------
+    samples : sequence of Sample
+    class_names : tuple of str
+        ``class_index = class_names.index(sample.cell_type)``.
+    crop_size : int
+    augment : AugmentConfig
+    seed : int
+        With :meth:`set_epoch`, keys every crop's random numbers.
+
+    Items
+    -----
+    image : (C, crop, crop) tensor of float32
+    labels : (crop, crop) tensor of int32
+    class_index : int
+    """
+
+    def __init__(self, samples: Sequence[Sample], class_names: Sequence[str], *, crop_size: int,
+                 augment: AugmentConfig, seed: int) -> None:
+        unknown = sorted({s.cell_type for s in samples} - set(class_names))
+        if unknown:
+            raise ValueError(f"samples: cell types {unknown} are not in class_names {tuple(class_names)}")
+        self.samples = list(samples)
+        self.class_index = {name: i for i, name in enumerate(class_names)}
+        self.crop_size = crop_size
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the random numbers of ``epoch`` (call before iterating)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        sample = self.samples[index]
+        rng = np.random.default_rng([self.seed, self.epoch, 1, index])
+        image, labels = augment_pair(sample.image, sample.labels, crop_size=self.crop_size,
+                                     rng=rng, config=self.augment)
+        return (torch.from_numpy(image), torch.from_numpy(labels),
+                self.class_index[sample.cell_type])

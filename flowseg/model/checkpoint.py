@@ -1,0 +1,159 @@
+"""One-file model checkpoints: format version, configs, weights, class names, tuned thresholds.
+
+A checkpoint is a ``torch.save`` of plain python containers and tensors only, so it loads with
+``torch.load(weights_only=True)`` (no code runs on load)::
+
+    {"format": "flowseg-model", "format_version": 1,
+     "model_config": {...}, "state_dict": {...}, "class_names": [...],
+     "segment_config": {...}, "train_config": {...} or None, "metadata": {...},
+     "train_state": {...}}            # optional: optimizer, scheduler, epoch, RNG, history
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flowseg.config import ModelConfig, SegmentConfig, TrainConfig
+from flowseg.errors import InputError
+from flowseg.io.atomic import atomic_path
+from flowseg.model.unet import FLOW_SCALE, UNet
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "Model", "save_model", "load_model", "load_train_state"]
+
+FORMAT_NAME = "flowseg-model"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Model:
+    """A network with everything needed to use it.
+
+    Attributes
+    ----------
+    net : UNet
+    model_config : ModelConfig
+    class_names : tuple of str
+        ``class_names[k]`` is the cell type of class logit ``k``.
+    segment_config : SegmentConfig
+        Tuned post-processing thresholds (used when ``segment(config=None)``).
+    train_config : TrainConfig or None
+        How the weights were trained.
+    metadata : dict
+        Plain python values (flowseg version, epochs, validation score, ...).
+    """
+
+    net: UNet
+    model_config: ModelConfig
+    class_names: tuple[str, ...]
+    segment_config: SegmentConfig = field(default_factory=SegmentConfig)
+    train_config: TrainConfig | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.class_names = tuple(self.class_names)
+        if len(self.class_names) != self.model_config.n_classes:
+            raise ValueError(f"class_names: expected {self.model_config.n_classes} names "
+                             f"(model_config.n_classes), got {self.class_names}")
+
+    @property
+    def flow_scale(self) -> float:
+        """``net`` predicts ``flow_scale`` x unit flows."""
+        return FLOW_SCALE
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the network's weights."""
+        return next(self.net.parameters()).device
+
+
+def _payload(model: Model, train_state: dict[str, Any] | None) -> dict[str, Any]:
+    from flowseg import __version__
+
+    state = {k: v.detach().cpu() for k, v in model.net.state_dict().items()}
+    payload = {
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+        "model_config": model.model_config.to_dict(), "state_dict": state,
+        "class_names": list(model.class_names),
+        "segment_config": model.segment_config.to_dict(),
+        "train_config": None if model.train_config is None else model.train_config.to_dict(),
+        "metadata": {"flowseg_version": __version__, **model.metadata},
+    }
+    if train_state is not None:
+        payload["train_state"] = train_state
+    return payload
+
+
+def save_model(path: str | os.PathLike, model: Model, *, train_state: dict[str, Any] | None = None
+               ) -> Path:
+    """Write ``model`` to one file atomically (a failed write leaves ``path`` untouched).
+
+    Parameters
+    ----------
+    path : path-like
+    model : Model
+    train_state : dict, optional
+        Plain python containers and tensors only (optimizer / scheduler ``state_dict()``,
+        epoch, RNG states, history) to resume training.
+
+    Returns
+    -------
+    Path
+    """
+    path = Path(path)
+    payload = _payload(model, train_state)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def _read(path: Path, device: torch.device | str) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model file")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
+        raise InputError(f"{path}: not a flowseg model file ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
+        raise InputError(f"{path}: not a flowseg model file (expected format {FORMAT_NAME!r})")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise InputError(f"{path}: model format version {payload.get('format_version')!r} is not "
+                         f"supported (this flowseg reads version {FORMAT_VERSION})")
+    return payload
+
+
+def load_model(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> Model:
+    """Load a model written by :func:`save_model`, in eval mode, on ``device``.
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``path``.
+    InputError
+        Not a flowseg checkpoint, or an unsupported format version (the message names the file).
+    """
+    path = Path(path)
+    payload = _read(path, device)
+    model_config = ModelConfig.from_dict(payload["model_config"])
+    net = UNet(model_config)
+    try:
+        net.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise InputError(f"{path}: weights do not match the stored model config: "
+                         f"{str(exc).splitlines()[0]}") from exc
+    net.to(device).eval()
+    train_config = payload["train_config"]
+    return Model(net=net, model_config=model_config, class_names=tuple(payload["class_names"]),
+                 segment_config=SegmentConfig.from_dict(payload["segment_config"]),
+                 train_config=None if train_config is None else TrainConfig.from_dict(train_config),
+                 metadata=dict(payload["metadata"]))
+
+
+def load_train_state(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The ``train_state`` stored with a checkpoint (empty dict when none)."""
+    return dict(_read(Path(path), device).get("train_state") or {})

@@ -1,0 +1,165 @@
+"""Residual U-Net of the Cellpose family with flow, cell-probability and cell-type heads.
+
+Encoder: per level, residual units of two pre-activation convolutions (BatchNorm-ReLU-conv),
+max pooling between levels. A *style* vector (global average of the deepest features, L2
+normalised) is projected and added into every decoder convolution. Decoder: nearest upsampling,
+the encoder features of the same level added (``skip="add"``, as Cellpose) or concatenated
+(``skip="concat"``), then residual units. One pre-activation 1x1 convolution gives
+``2 + 1 + K`` maps: flows (dy, dx), cell-probability logit, K class logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flowseg.config import ModelConfig
+
+__all__ = ["FLOW_SCALE", "NetOutput", "UNet"]
+
+#: The network predicts ``FLOW_SCALE`` x unit flows (Cellpose's 5): ``NetOutput.flows`` is in this
+#: scale; divide by ``FLOW_SCALE`` for unit flows.
+FLOW_SCALE: float = 5.0
+
+
+@dataclass
+class NetOutput:
+    """The network's output for a batch.
+
+    Attributes
+    ----------
+    flows : (B, 2, H, W) tensor of float
+        Predicted flows (dy, dx) in network scale: ``FLOW_SCALE`` x unit flows.
+    cellprob : (B, H, W) tensor of float
+        Cell-probability logits.
+    class_logits : (B, K, H, W) tensor of float
+        Cell-type logits.
+    """
+
+    flows: torch.Tensor
+    cellprob: torch.Tensor
+    class_logits: torch.Tensor
+
+    def unit_flows(self) -> torch.Tensor:
+        """Flows (B, 2, H, W) in unit scale (``flows / FLOW_SCALE``)."""
+        return self.flows / FLOW_SCALE
+
+
+def _preact(c_in: int, c_out: int, kernel_size: int) -> nn.Sequential:
+    """BatchNorm - ReLU - conv (pre-activation)."""
+    return nn.Sequential(nn.BatchNorm2d(c_in, momentum=0.05), nn.ReLU(inplace=True),
+                         nn.Conv2d(c_in, c_out, kernel_size, padding=kernel_size // 2))
+
+
+class _Projection(nn.Module):
+    """Identity when widths match, else BatchNorm + 1x1 conv (the residual shortcut)."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.proj = (nn.Identity() if c_in == c_out else
+                     nn.Sequential(nn.BatchNorm2d(c_in, momentum=0.05), nn.Conv2d(c_in, c_out, 1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+class _ResUnit(nn.Module):
+    """``x -> proj(x) + conv2(conv1(x + s1) + s2)``; ``s1, s2`` projected styles (decoder only)."""
+
+    def __init__(self, c_in: int, c_out: int, kernel_size: int, style_channels: int) -> None:
+        super().__init__()
+        self.proj = _Projection(c_in, c_out)
+        self.conv1 = _preact(c_in, c_out, kernel_size)
+        self.conv2 = _preact(c_out, c_out, kernel_size)
+        self.style1 = nn.Linear(style_channels, c_in) if style_channels else None
+        self.style2 = nn.Linear(style_channels, c_out) if style_channels else None
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
+        h = x if self.style1 is None else x + self.style1(style)[:, :, None, None]
+        h = self.conv1(h)
+        if self.style2 is not None:
+            h = h + self.style2(style)[:, :, None, None]
+        return self.proj(x) + self.conv2(h)
+
+
+class _Level(nn.Module):
+    """``blocks`` residual units, the first changing the width."""
+
+    def __init__(self, c_in: int, c_out: int, *, blocks: int, kernel_size: int,
+                 style_channels: int = 0) -> None:
+        super().__init__()
+        self.units = nn.ModuleList(
+            _ResUnit(c_in if i == 0 else c_out, c_out, kernel_size, style_channels)
+            for i in range(blocks))
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
+        for unit in self.units:
+            x = unit(x, style)
+        return x
+
+
+class UNet(nn.Module):
+    """Residual U-Net: ``forward(x (B, C, H, W) float32) -> NetOutput``.
+
+    Any ``H, W`` is accepted: the input is padded (edge replication) to a multiple of
+    ``config.size_multiple`` and the outputs cropped back.
+
+    Parameters
+    ----------
+    config : ModelConfig
+        Architecture (channels, classes, widths, residual units per level, skip mode, style).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"config: expected a ModelConfig, got {type(config).__name__}")
+        self.config = config
+        w, k, b = config.widths, config.kernel_size, config.blocks
+        style_ch = w[-1] if config.style else 0
+        self.encoder = nn.ModuleList(
+            _Level(config.in_channels if i == 0 else w[i - 1], w[i], blocks=b, kernel_size=k)
+            for i in range(len(w)))
+        self.bottom = _Level(w[-1], w[-1], blocks=b, kernel_size=k, style_channels=style_ch)
+        merged = [w[i + 1] + (w[i] if config.skip == "concat" else 0) for i in range(len(w) - 1)]
+        self.merge = nn.ModuleList(
+            _preact(merged[i], w[i], k) if config.skip == "concat" else _preact(w[i + 1], w[i], k)
+            for i in range(len(w) - 1))
+        self.decoder = nn.ModuleList(
+            _Level(w[i], w[i], blocks=b, kernel_size=k, style_channels=style_ch)
+            for i in range(len(w) - 1))
+        self.head = _preact(w[0], 3 + config.n_classes, 1)
+
+    def _style(self, deepest: torch.Tensor) -> torch.Tensor | None:
+        if not self.config.style:
+            return None
+        return F.normalize(deepest.mean(dim=(2, 3)), dim=1, eps=1e-6)
+
+    def forward(self, x: torch.Tensor) -> NetOutput:
+        """Run the network on ``x`` (B, C, H, W) float32; see :class:`NetOutput`."""
+        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
+            raise ValueError(f"x: expected shape (B, {self.config.in_channels}, H, W), "
+                             f"got {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        m = self.config.size_multiple
+        pad_h, pad_w = -h % m, -w % m
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        skips = []
+        for i, level in enumerate(self.encoder):
+            x = level(F.max_pool2d(x, 2) if i else x)
+            skips.append(x)
+        style = self._style(x)
+        x = self.bottom(x, style)
+        for i in range(len(self.decoder) - 1, -1, -1):
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+            if self.config.skip == "concat":
+                x = self.merge[i](torch.cat([x, skips[i]], dim=1))
+            else:
+                x = self.merge[i](x) + skips[i]
+            x = self.decoder[i](x, style)
+        y = self.head(x)[..., :h, :w]
+        return NetOutput(flows=y[:, :2], cellprob=y[:, 2], class_logits=y[:, 3:])

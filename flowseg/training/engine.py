@@ -1,0 +1,449 @@
+"""Training: ``train_one_epoch``, ``evaluate_val`` and ``fit`` (one call for a whole run).
+
+Flat, in the style of the torchvision segmentation references. A run directory holds::
+
+    last.pt       every epoch: model + optimizer, scheduler, epoch, RNG states, history
+    best.pt       the model with the best validation score so far (when there are val images)
+    history.csv   one row per epoch: loss terms, val score, seconds, learning rate
+    history.png   the curves
+
+Flow targets are computed on the training device from the augmented label crops
+(``flowseg.flows.labels_to_flows``), so geometric augmentation never has to transform flow
+vectors. Randomness: weights from ``torch.manual_seed(seed)``; data order and crops are pure
+functions of ``(seed, epoch, index)``, so a resumed run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from flowseg.config import ModelConfig, SegmentConfig, TrainConfig
+from flowseg.data.dataset import CropDataset, Sample, class_names_of, epoch_order
+from flowseg.device import resolve_device
+from flowseg.io.atomic import atomic_path
+from flowseg.model.checkpoint import Model, load_model, load_train_state, save_model
+from flowseg.model.unet import FLOW_SCALE, UNet
+from flowseg.training.losses import segmentation_loss
+
+__all__ = ["EpochRecord", "ValResult", "HISTORY_FIELDS", "make_optimizer", "make_scheduler",
+           "train_one_epoch", "predict_val", "evaluate_val", "fit", "RUN_FILES"]
+
+log = logging.getLogger(__name__)
+
+#: Files ``fit`` writes into a run directory.
+RUN_FILES = ("last.pt", "best.pt", "history.csv", "history.png")
+#: Config fields that may differ between a run and its resumption.
+_RESUMABLE_CHANGES = {"epochs", "device", "num_workers"}
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One row of ``history.csv``; ``val_score`` / ``val_class_accuracy`` are NaN when not scored."""
+
+    epoch: int
+    loss: float
+    flow: float
+    cellprob: float
+    classes: float
+    val_score: float
+    val_class_accuracy: float
+    seconds: float
+    lr: float
+
+
+HISTORY_FIELDS = tuple(f.name for f in dataclasses.fields(EpochRecord))
+
+
+@dataclass(frozen=True)
+class ValResult:
+    """Validation of a network: the competition score and the image-level class accuracy.
+
+    Attributes
+    ----------
+    score : float
+        Mean over images of :func:`flowseg.metrics.image_score` (IoU 0.50:0.05:0.95).
+    class_accuracy : float
+        Fraction of images whose cell type (argmax of the mean class probability over predicted
+        cell pixels) is right; NaN when no image's type is a known class.
+    image_scores : tuple of float
+    """
+
+    score: float
+    class_accuracy: float
+    image_scores: tuple[float, ...]
+
+
+# ----------------------------------------------------------------------------- optimisation
+def make_optimizer(net: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases and BatchNorm parameters."""
+    decay = [p for p in net.parameters() if p.ndim > 1]
+    no_decay = [p for p in net.parameters() if p.ndim <= 1]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+
+
+def lr_factor(step: int, *, total_steps: int, warmup_steps: int) -> float:
+    """Linear warm-up from ~0 to 1 over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
+                   ) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step schedule: :func:`lr_factor` over ``config.epochs * steps_per_epoch`` steps."""
+    total = config.epochs * steps_per_epoch
+    warmup = min(total, round(config.warmup_epochs * steps_per_epoch))
+
+    def factor(step: int) -> float:
+        return lr_factor(step, total_steps=total, warmup_steps=warmup)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _autocast(device: torch.device):
+    """bf16 autocast on CUDA; a no-op context elsewhere."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def train_one_epoch(net: UNet, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, *, config: TrainConfig,
+                    device: torch.device, epoch: int = 0, progress: bool = True) -> dict[str, float]:
+    """One pass over ``loader``; returns the sample-weighted mean loss terms.
+
+    Returns
+    -------
+    dict
+        ``{"loss", "flow", "cellprob", "classes"}`` floats.
+
+    Raises
+    ------
+    FloatingPointError
+        A non-finite loss (names the epoch and step).
+    """
+    from flowseg.flows import labels_to_flows
+
+    net.train()
+    sums: dict[str, float] = {}
+    seen = 0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress)
+    for step, (images, labels, class_index) in enumerate(bar):
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        targets = labels_to_flows(labels, device=device)
+        with _autocast(device):
+            output = net(images)
+        terms = segmentation_loss(output, targets, labels, class_index.to(device),
+                                  flow_weight=config.flow_weight,
+                                  cellprob_weight=config.cellprob_weight,
+                                  class_weight=config.class_weight)
+        if not torch.isfinite(terms.total):
+            raise FloatingPointError(f"epoch {epoch + 1} step {step + 1}: non-finite loss "
+                                     f"{terms.as_floats()}")
+        optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        optimizer.step()
+        scheduler.step()
+        values = terms.as_floats()
+        for key, value in values.items():
+            sums[key] = sums.get(key, 0.0) + value * len(images)
+        seen += len(images)
+        bar.set_postfix(loss=f"{values['loss']:.4f}")
+    return {key: value / max(seen, 1) for key, value in sums.items()}
+
+
+# ----------------------------------------------------------------------------- validation
+def _shape_batches(shapes: Sequence[tuple[int, ...]], batch_size: int) -> list[list[int]]:
+    """Indices grouped by equal shape, in chunks of at most ``batch_size``."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, shape in enumerate(shapes):
+        groups.setdefault(tuple(shape), []).append(i)
+    return [idx[s:s + batch_size] for idx in groups.values() for s in range(0, len(idx), batch_size)]
+
+
+@torch.inference_mode()
+def predict_val(net: UNet, images: Sequence[np.ndarray], *, device: torch.device | str,
+                batch_size: int = 8) -> list[torch.Tensor]:
+    """Network maps of whole normalised images, batched by shape (the net pads internally).
+
+    Parameters
+    ----------
+    net : UNet
+    images : sequence of (C, H, W) ndarray of float32
+        Normalised images of any sizes.
+    device : torch.device or str
+    batch_size : int
+
+    Returns
+    -------
+    list of (3 + K, H, W) tensors of float32 (on ``device``)
+        Per image: unit flows (dy, dx), cell-probability logit, K class logits.
+    """
+    device = torch.device(device)
+    net.eval()
+    maps: list[torch.Tensor | None] = [None] * len(images)
+    for batch in _shape_batches([im.shape for im in images], batch_size):
+        x = torch.from_numpy(np.stack([images[i] for i in batch])).to(device)
+        with _autocast(device):
+            out = net(x)
+        y = torch.cat([out.flows / FLOW_SCALE, out.cellprob[:, None], out.class_logits], 1).float()
+        for i, m in zip(batch, y):
+            maps[i] = m
+    return maps
+
+
+def _image_class(m: torch.Tensor, cellprob_threshold: float) -> int:
+    """Argmax of the mean class probability over predicted cell pixels (all pixels if none)."""
+    probs = torch.softmax(m[3:], 0)
+    cells = m[2] > cellprob_threshold
+    pixels = probs[:, cells] if cells.any() else probs.flatten(1)
+    return int(pixels.mean(1).argmax())
+
+
+def evaluate_val(net: UNet, samples: Sequence[Sample], *, class_names: Sequence[str],
+                 segment_config: SegmentConfig | None = None, device: torch.device | str = "cpu",
+                 batch_size: int = 8) -> ValResult:
+    """Segment ``samples`` with the real mask reconstruction and score them.
+
+    Labels come from :func:`flowseg.flows.flows_to_labels` (images of one shape at once), the
+    score from :func:`flowseg.metrics.image_score`.
+    """
+    from flowseg.flows import flows_to_labels
+    from flowseg.metrics import image_score
+
+    config = SegmentConfig() if segment_config is None else segment_config
+    maps = predict_val(net, [s.image for s in samples], device=device, batch_size=batch_size)
+    scores, correct, typed = [0.0] * len(samples), 0, 0
+    for batch in _shape_batches([m.shape for m in maps], batch_size):
+        labels = flows_to_labels(torch.stack([maps[i][:2] for i in batch]),
+                                 torch.stack([maps[i][2] for i in batch]), config=config)
+        for i, pred in zip(batch, np.asarray(labels)):
+            scores[i] = float(image_score(samples[i].labels, pred.astype(np.int32)).score)
+    for sample, m in zip(samples, maps):
+        if sample.cell_type in class_names:
+            typed += 1
+            correct += class_names[_image_class(m, config.cellprob_threshold)] == sample.cell_type
+    return ValResult(score=float(np.mean(scores)) if scores else float("nan"),
+                     class_accuracy=correct / typed if typed else float("nan"),
+                     image_scores=tuple(scores))
+
+
+# ----------------------------------------------------------------------------- run files
+def write_history(path: Path, history: Sequence[EpochRecord]) -> None:
+    """``history.csv``: one row per epoch, columns :data:`HISTORY_FIELDS`."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(HISTORY_FIELDS)
+        for record in history:
+            writer.writerow([f"{v:.6g}" if isinstance(v, float) else v
+                             for v in dataclasses.astuple(record)])
+
+
+def plot_history(path: Path, history: Sequence[EpochRecord]) -> None:
+    """``history.png``: loss terms (log scale) and validation score against epoch."""
+    from matplotlib.figure import Figure  # lazy: Agg canvas, no pyplot state
+
+    epochs = [r.epoch for r in history]
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    losses, val = fig.subplots(1, 2)
+    for key in ("loss", "flow", "cellprob", "classes"):
+        losses.plot(epochs, [max(getattr(r, key), 1e-8) for r in history], label=key)
+    losses.set(yscale="log", xlabel="epoch", title="training loss")
+    losses.legend()
+    scored = [r for r in history if not math.isnan(r.val_score)]
+    val.plot([r.epoch for r in scored], [r.val_score for r in scored], "o-", label="score")
+    val.plot([r.epoch for r in scored], [r.val_class_accuracy for r in scored], "s--",
+             label="class accuracy")
+    val.set(ylim=(0, 1), xlabel="epoch", title="validation")
+    val.legend()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+# ----------------------------------------------------------------------------- fit
+@dataclass
+class _Run:
+    """Mutable state of a run between epochs."""
+
+    net: UNet
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    start_epoch: int = 0
+    history: list[EpochRecord] = dataclasses.field(default_factory=list)
+    best_score: float = -math.inf
+
+
+def _check_fit_inputs(train_items: Sequence[Sample], model_config: ModelConfig,
+                      config: TrainConfig) -> tuple[str, ...]:
+    if not train_items:
+        raise ValueError("train_items: expected at least one training sample, got none")
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
+    class_names = class_names_of(train_items)
+    if model_config.n_classes != len(class_names):
+        raise ValueError(f"model_config.n_classes: expected {len(class_names)} (the training cell "
+                         f"types {class_names}), got {model_config.n_classes}")
+    channels = {s.image.shape[0] for s in train_items}
+    if channels != {model_config.in_channels}:
+        raise ValueError(f"train_items: model takes {model_config.in_channels} channel(s), "
+                         f"images have {sorted(channels)}")
+    return class_names
+
+
+def _resume(run: _Run, out_dir: Path, config: TrainConfig, model_config: ModelConfig,
+            class_names: tuple[str, ...], device: torch.device) -> None:
+    last = out_dir / "last.pt"
+    if not last.is_file():
+        raise FileNotFoundError(f"{last}: nothing to resume (no last.pt in the run folder)")
+    stored = load_model(last, device=device)
+    if stored.model_config != model_config:
+        raise ValueError(f"{last}: model config {stored.model_config} differs from the requested "
+                         f"{model_config}")
+    if stored.class_names != class_names:
+        raise ValueError(f"{last}: trained on classes {stored.class_names}, the training data has "
+                         f"{class_names}")
+    old = stored.train_config.to_dict() if stored.train_config else {}
+    changed = sorted(k for k, v in config.to_dict().items()
+                     if k not in _RESUMABLE_CHANGES and old.get(k) != v)
+    if changed:
+        raise ValueError(f"{last}: cannot resume with different settings {changed} "
+                         f"(stored {[old.get(k) for k in changed]})")
+    state = load_train_state(last, device=device)
+    run.net.load_state_dict(stored.net.state_dict())
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    _set_rng_state(state["rng"])
+    run.start_epoch = int(state["epoch"])
+    run.history = [EpochRecord(**row) for row in state["history"]]
+    run.best_score = float(state["best_score"])
+    log.info("resuming %s after epoch %d", out_dir, run.start_epoch)
+
+
+def _train_state(run: _Run, epoch: int) -> dict[str, Any]:
+    return {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+            "epoch": epoch, "rng": _rng_state(), "best_score": run.best_score,
+            "history": [dataclasses.asdict(r) for r in run.history]}
+
+
+def _loader(dataset: CropDataset, config: TrainConfig, epoch: int, device: torch.device) -> DataLoader:
+    dataset.set_epoch(epoch)
+    order = epoch_order(len(dataset), seed=config.seed, epoch=epoch).tolist()
+    return DataLoader(dataset, batch_size=config.batch_size, sampler=order,
+                      num_workers=config.num_workers, pin_memory=device.type == "cuda")
+
+
+def fit(train_items: Sequence[Sample], val_items: Sequence[Sample], config: TrainConfig,
+        model_config: ModelConfig, out_dir: str | os.PathLike, *, resume: bool = False,
+        progress: bool = True, segment_config: SegmentConfig | None = None,
+        on_epoch_end: Callable[[EpochRecord], None] | None = None) -> Model:
+    """Train a model; writes ``last.pt``, ``best.pt``, ``history.csv``, ``history.png`` to ``out_dir``.
+
+    Parameters
+    ----------
+    train_items, val_items : sequence of Sample
+        Normalised images with labels and cell types; ``val_items`` may be empty (then no
+        ``best.pt``: the last epoch's model is the result).
+    config : TrainConfig
+    model_config : ModelConfig
+        ``n_classes`` must equal the number of distinct training cell types; class names are
+        those types, sorted.
+    out_dir : path-like
+        Run directory; must not hold a ``last.pt`` unless ``resume``.
+    resume : bool
+        Continue from ``out_dir/last.pt`` (the epoch after the last finished one).
+    progress : bool
+        tqdm progress bars.
+    segment_config : SegmentConfig, optional
+        Thresholds used to segment the val images, stored in the model files.
+    on_epoch_end : callable, optional
+        Called with each epoch's record after its files are written.
+
+    Returns
+    -------
+    Model
+        ``best.pt``'s model when validation ran, else the last epoch's.
+    """
+    class_names = _check_fit_inputs(train_items, model_config, config)
+    segment_config = SegmentConfig() if segment_config is None else segment_config
+    device = resolve_device(config.device)
+    out_dir = Path(out_dir)
+    if not resume and (out_dir / "last.pt").exists():
+        raise FileExistsError(f"{out_dir}: already holds a run (last.pt); resume it or use a new folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    net = UNet(model_config).to(device)
+    dataset = CropDataset(train_items, class_names, crop_size=config.crop_size,
+                          augment=config.augment, seed=config.seed)
+    steps = math.ceil(len(dataset) / config.batch_size)
+    optimizer = make_optimizer(net, config)
+    run = _Run(net, optimizer, make_scheduler(optimizer, config, steps))
+    if resume:
+        _resume(run, out_dir, config, model_config, class_names, device)
+    if not val_items:
+        log.warning("no validation images: best.pt is not written; the last epoch's model is kept")
+    model = Model(net, model_config, class_names, segment_config, config)
+    for epoch in range(run.start_epoch, config.epochs):
+        t0 = time.perf_counter()
+        lr = run.optimizer.param_groups[0]["lr"]
+        terms = train_one_epoch(net, _loader(dataset, config, epoch, device), run.optimizer,
+                                run.scheduler, config=config, device=device, epoch=epoch,
+                                progress=progress)
+        val = None
+        if val_items and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
+            val = evaluate_val(net, val_items, class_names=class_names,
+                               segment_config=segment_config, device=device,
+                               batch_size=config.batch_size)
+        record = EpochRecord(epoch + 1, terms["loss"], terms["flow"], terms["cellprob"],
+                             terms["classes"], val.score if val else math.nan,
+                             val.class_accuracy if val else math.nan,
+                             time.perf_counter() - t0, lr)
+        run.history.append(record)
+        _end_epoch(run, model, record, out_dir)
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+    if val_items and (out_dir / "best.pt").exists():
+        return load_model(out_dir / "best.pt", device=device)
+    net.eval()
+    return model
+
+
+def _end_epoch(run: _Run, model: Model, record: EpochRecord, out_dir: Path) -> None:
+    """Write best.pt (when the val score improved), last.pt, history.csv and history.png."""
+    model.metadata = {"epoch": record.epoch, "val_score": record.val_score}
+    if not math.isnan(record.val_score) and record.val_score > run.best_score:
+        run.best_score = record.val_score
+        save_model(out_dir / "best.pt", model)
+    save_model(out_dir / "last.pt", model, train_state=_train_state(run, record.epoch))
+    write_history(out_dir / "history.csv", run.history)
+    plot_history(out_dir / "history.png", run.history)
+    log.info("epoch %d: loss %.4f (flow %.4f, cellprob %.4f, classes %.4f) val %.4f  %.1fs",
+             record.epoch, record.loss, record.flow, record.cellprob, record.classes,
+             record.val_score, record.seconds)

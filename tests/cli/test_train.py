@@ -1,0 +1,83 @@
+import csv
+
+import numpy as np
+import pytest
+
+from flowseg.cli._common import run_main
+from flowseg.cli.train import main
+from flowseg.io.folders import write_cell_types, write_folder_item
+from flowseg.model.checkpoint import load_model
+from flowseg.synthetic import make_synthetic
+
+TINY = ["--epochs", "1", "--batch-size", "2", "--crop", "32", "--widths", "8,16", "--device", "cpu",
+        "--val-every", "1", "--quiet"]
+
+
+def _folder(directory, seeds, kinds=("round", "spindly")):
+    types = {}
+    for kind in kinds:
+        for seed in seeds:
+            image, labels = make_synthetic(kind, shape=(40, 48), seed=seed)
+            name = f"{kind}_{seed}"
+            write_folder_item(directory, name, (image * 1000).astype(np.uint16), labels, kind)
+            types[name] = kind
+    write_cell_types(directory, types)
+    return directory
+
+
+@pytest.fixture
+def prepared(tmp_path):
+    """A data_prep-style folder: DIR/train and DIR/val."""
+    _folder(tmp_path / "data" / "train", [0, 1])
+    _folder(tmp_path / "data" / "val", [5])
+    return tmp_path / "data"
+
+
+def test_trains_end_to_end_on_prepared_folder(prepared, tmp_path):
+    out = tmp_path / "run"
+    assert main(["--data", str(prepared), "--out", str(out), *TINY]) == 0
+    model = load_model(out / "best.pt")
+    assert model.class_names == ("round", "spindly")
+    assert model.model_config.widths == (8, 16)
+    with open(out / "history.csv", newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == 1
+    # Continue the finished run for one more epoch, with the stored settings.
+    assert main(["--data", str(prepared), "--out", str(out), "--resume", "--epochs", "2",
+                 "--quiet"]) == 0
+    with open(out / "history.csv", newline="") as handle:
+        assert [r["epoch"] for r in csv.DictReader(handle)] == ["1", "2"]
+    assert load_model(out / "last.pt").train_config.crop_size == 32
+
+
+def test_single_folder_without_val_keeps_last_only(tmp_path, capsys):
+    data = _folder(tmp_path / "plain", [0], kinds=("round",))
+    out = tmp_path / "run"
+    assert main(["--data", str(data), "--out", str(out), *TINY[:-1]]) == 0
+    assert (out / "last.pt").exists() and not (out / "best.pt").exists()
+    assert "no validation folder" in capsys.readouterr().err
+    assert load_model(out / "last.pt").class_names == ("round",)
+
+
+def test_refuses_non_empty_out_without_resume_or_overwrite(prepared, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert run_main("flowseg-train", main, ["--data", str(prepared), "--out", str(out), *TINY]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["--data", str(prepared), "--out", str(out), "--overwrite", *TINY]) == 0
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "{tmp}/missing", "--out", "{tmp}/run"], "no such folder"),
+    (["--data", "{data}", "--out", "{tmp}/run", "--resume"], "no last.pt"),
+])
+def test_user_errors_exit_2(prepared, tmp_path, capsys, args, message):
+    argv = [a.format(tmp=tmp_path, data=prepared) for a in args]
+    assert run_main("flowseg-train", main, argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_widths_is_a_usage_error(prepared, tmp_path):
+    with pytest.raises(SystemExit):
+        main(["--data", str(prepared), "--out", str(tmp_path / "r"), "--widths", "8"])

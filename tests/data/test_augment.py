@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from flowseg.config import AugmentConfig
+from flowseg.data.augment import adjust_intensity, apply_affine, augment_pair, random_affine
+
+EXACT = AugmentConfig(rotation=0.0, scale=(1.0, 1.0))
+
+
+def _labels(shape=(70, 90), seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 40, shape).astype(np.int32)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_flips_and_rot90_crop_exactly(seed):
+    """An image whose pixels equal its labels stays equal to them; the crop is a real window."""
+    labels = _labels(seed=seed)
+    rng = np.random.default_rng(seed)
+    transform = random_affine(labels.shape, 32, rng, EXACT)
+    image, crop = apply_affine(labels[None].astype(np.float32), labels, transform)
+    assert np.array_equal(image[0], crop)
+    windows = [np.rot90(np.flip(crop, axes), k) for k in range(4) for axes in [(), 0, 1, (0, 1)]]
+    found = any(np.array_equal(w, labels[r:r + 32, c:c + 32])
+                for w in windows for r in range(70 - 31) for c in range(90 - 31))
+    assert found
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_rotation_and_scale_keep_image_and_labels_aligned(seed):
+    labels = ndimage.zoom(_labels((12, 15), seed), 8, order=0)   # blocks of 8x8 pixels
+    config = AugmentConfig(rotation=180.0, scale=(0.7, 1.4))
+    transform = random_affine(labels.shape, 64, np.random.default_rng(seed), config)
+    image, crop = apply_affine(labels[None].astype(np.float32), labels, transform)
+    # Away from label edges bilinear and nearest sampling agree exactly.
+    interior = (ndimage.minimum_filter(crop, 3, mode="constant", cval=-1)
+                == ndimage.maximum_filter(crop, 3, mode="constant", cval=-1))
+    assert interior.sum() > 200
+    np.testing.assert_allclose(image[0][interior], crop[interior], atol=1e-4)
+
+
+def test_small_image_is_centred_and_zero_padded():
+    labels = np.ones((10, 12), np.int32)
+    image, crop = augment_pair(np.ones((1, 10, 12), np.float32), labels, crop_size=32,
+                               rng=np.random.default_rng(0), config=EXACT)
+    assert image.shape == (1, 32, 32) and crop.shape == (32, 32)
+    assert crop.sum() == 120 and crop[0].sum() == 0 and crop[16, 16] == 1
+
+
+def test_same_seed_same_crop_and_different_seed_differs():
+    labels = _labels()
+    image = labels[None].astype(np.float32) / 40
+    a = augment_pair(image, labels, crop_size=24, rng=np.random.default_rng(3))
+    b = augment_pair(image, labels, crop_size=24, rng=np.random.default_rng(3))
+    c = augment_pair(image, labels, crop_size=24, rng=np.random.default_rng(4))
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert not np.array_equal(a[1], c[1])
+    assert a[0].dtype == np.float32 and a[1].dtype == np.int32
+
+
+def test_intensity_is_monotone_and_bounded():
+    config = AugmentConfig()
+    image = np.linspace(-0.2, 1.2, 100, dtype=np.float32)[None, None]
+    for seed in range(10):
+        out = adjust_intensity(image, np.random.default_rng(seed), config)
+        assert np.all(np.diff(out.ravel()) > 0)
+        assert out.dtype == np.float32 and np.isfinite(out).all()
+
+
+def test_mismatched_shapes_are_refused():
+    with pytest.raises(ValueError, match="image, labels"):
+        augment_pair(np.zeros((1, 8, 8), np.float32), np.zeros((8, 9), np.int32), crop_size=8,
+                     rng=np.random.default_rng(0))

@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+
+from flowseg.config import AugmentConfig
+from flowseg.data.dataset import CropDataset, class_names_of, epoch_order, load_folder, make_sample
+from flowseg.io.folders import write_cell_types, write_folder_item
+
+
+def _disk_sample(name, cell_type, shape=(40, 50)):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    labels = ((yy - 20) ** 2 + (xx - 25) ** 2 < 100).astype(np.int32)
+    return make_sample(name, (labels * 200 + 10).astype(np.uint8), labels, cell_type)
+
+
+def test_make_sample_normalises_and_checks_shapes():
+    sample = _disk_sample("a", "x")
+    assert sample.image.shape == (1, 40, 50) and sample.image.dtype == np.float32
+    assert sample.labels.dtype == np.int32
+    with pytest.raises(ValueError, match="b: labels shape"):
+        make_sample("b", np.zeros((4, 5)), np.zeros((4, 6), int), "x")
+    with pytest.raises(ValueError, match="c: expected non-negative integer labels"):
+        make_sample("c", np.zeros((4, 5)), np.full((4, 5), -1), "x")
+
+
+def test_crops_are_keyed_by_seed_epoch_and_index():
+    samples = [_disk_sample("a", "x"), _disk_sample("b", "y")]
+    dataset = CropDataset(samples, ("x", "y"), crop_size=16, augment=AugmentConfig(), seed=1)
+    first = dataset[1]
+    assert first[0].shape == (1, 16, 16) and first[1].shape == (16, 16) and first[2] == 1
+    assert np.array_equal(dataset[1][0], first[0])
+    dataset.set_epoch(1)
+    assert not np.array_equal(dataset[1][0], first[0])
+
+
+def test_unknown_cell_type_is_refused():
+    with pytest.raises(ValueError, match=r"\['z'\]"):
+        CropDataset([_disk_sample("a", "z")], ("x",), crop_size=8, augment=AugmentConfig(), seed=0)
+
+
+def test_epoch_order_is_a_seeded_permutation():
+    a = epoch_order(10, seed=0, epoch=3)
+    assert sorted(a) == list(range(10))
+    assert np.array_equal(a, epoch_order(10, seed=0, epoch=3))
+    assert not np.array_equal(a, epoch_order(10, seed=0, epoch=4))
+
+
+def test_load_folder_reads_cellpose_style_folder(tmp_path):
+    labels = np.zeros((20, 24), np.int32)
+    labels[5:10, 5:12] = 3
+    for name, cell_type in [("b", "astro"), ("a", "cort")]:
+        write_folder_item(tmp_path, name, (labels * 50).astype(np.uint16), labels, cell_type)
+    write_cell_types(tmp_path, {"a": "cort", "b": "astro"})
+    samples = load_folder(tmp_path)
+    assert [s.name for s in samples] == ["a", "b"]
+    assert class_names_of(samples) == ("astro", "cort")
+    assert np.array_equal(samples[0].labels, labels)
+    assert samples[0].image.max() == pytest.approx(1.0)

@@ -1,0 +1,74 @@
+import pytest
+import torch
+
+from flowseg.config import ModelConfig
+from flowseg.model.unet import FLOW_SCALE, NetOutput, UNet
+
+
+def _net(**kw):
+    torch.manual_seed(0)
+    return UNet(ModelConfig(**{"widths": (8, 16, 32), **kw})).eval()
+
+
+@pytest.mark.parametrize("skip", ["add", "concat"])
+@pytest.mark.parametrize("shape", [(32, 32), (37, 53), (5, 9)])
+def test_output_shapes_any_size(skip, shape):
+    net = _net(n_classes=3, in_channels=2, skip=skip)
+    with torch.no_grad():
+        out = net(torch.randn(2, 2, *shape))
+    assert isinstance(out, NetOutput)
+    assert out.flows.shape == (2, 2, *shape)
+    assert out.cellprob.shape == (2, *shape)
+    assert out.class_logits.shape == (2, 3, *shape)
+    assert torch.equal(out.unit_flows(), out.flows / FLOW_SCALE)
+
+
+def test_batch_equals_singles_in_eval_mode():
+    net = _net(n_classes=2)
+    x = torch.randn(3, 1, 24, 40)
+    with torch.no_grad():
+        batch = net(x)
+        singles = [net(x[i:i + 1]) for i in range(3)]
+    for i, single in enumerate(singles):
+        torch.testing.assert_close(batch.flows[i], single.flows[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(batch.class_logits[i], single.class_logits[0], atol=1e-5, rtol=1e-5)
+
+
+def test_style_changes_output_and_can_be_disabled():
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        styled = _net(style=True)(x).cellprob
+        plain = _net(style=False)(x).cellprob
+    assert not torch.allclose(styled, plain)
+    assert sum(p.numel() for p in _net(style=False).parameters()) < \
+        sum(p.numel() for p in _net(style=True).parameters())
+
+
+def test_gradients_reach_every_parameter():
+    net = _net(n_classes=2).train()
+    out = net(torch.randn(2, 1, 16, 16))
+    (out.flows.sum() + out.cellprob.sum() + out.class_logits.sum()).backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None]
+    assert not missing
+
+
+def test_wrong_input_channels_names_expected_shape():
+    with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
+        _net()(torch.randn(1, 3, 16, 16))
+
+
+def test_needs_model_config():
+    with pytest.raises(TypeError, match="ModelConfig"):
+        UNet({"widths": (8, 16)})
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cpu_equals_gpu():
+    net = _net(n_classes=2)
+    x = torch.randn(2, 1, 30, 44)
+    with torch.no_grad():
+        cpu = net(x)
+        gpu = net.cuda()(x.cuda())
+    torch.testing.assert_close(gpu.flows.cpu(), cpu.flows, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(gpu.class_logits.cpu(), cpu.class_logits, atol=1e-4, rtol=1e-4)
