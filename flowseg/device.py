@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["resolve_device"]
+__all__ = ["autocast", "resolve_device"]
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -30,3 +30,8 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         raise ValueError(f"device: {device!r} asked for, but CUDA is not available on this machine "
                          "(use 'cpu' or 'auto')")
     return resolved
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; a no-op context elsewhere (CPU runs stay float32)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")

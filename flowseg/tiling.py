@@ -40,16 +40,21 @@ class TileGrid:
     starts: tuple[tuple[int, int], ...]
 
 
-def _starts_1d(size: int, tile: int, overlap: float) -> list[int]:
-    """Tile starts along one axis of ``size >= tile`` pixels: first at 0, last at size - tile."""
+def _starts_1d(size: int, tile: int, overlap: float, align: int) -> list[int]:
+    """Tile starts along one axis of ``size >= tile`` pixels: first at 0, last at size - tile,
+    all multiples of ``align`` (``size`` and ``tile`` are)."""
     if size <= tile:
         return [0]
-    step = max(1, int(round(tile * (1.0 - overlap))))
+    step = max(align, int(round(tile * (1.0 - overlap))))
     n = int(np.ceil((size - tile) / step)) + 1
-    return [int(round(s)) for s in np.linspace(0, size - tile, n)]
+    return sorted({int(round(s / align)) * align for s in np.linspace(0, size - tile, n)})
 
 
-def tile_grid(shape: tuple[int, int], *, tile: int, overlap: float = 0.1) -> TileGrid:
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def tile_grid(shape: tuple[int, int], *, tile: int, overlap: float = 0.1, align: int = 1) -> TileGrid:
     """Plan the tiles of an image of ``shape`` (H, W).
 
     Parameters
@@ -60,14 +65,21 @@ def tile_grid(shape: tuple[int, int], *, tile: int, overlap: float = 0.1) -> Til
         Tile side (pixels), > 0.
     overlap : float
         Minimum fraction of a tile shared with its neighbour, in [0, 0.5].
+    align : int
+        Tile starts (and ``tile``) are multiples of ``align``: with a network's total pooling
+        stride here, every tile sees the pooling grid the whole image would, so tiled and
+        whole-image outputs agree away from tile borders.
     """
     if tile <= 0:
         raise ValueError(f"tile: expected a positive int, got {tile}")
     if not 0.0 <= overlap <= 0.5:
         raise ValueError(f"overlap: expected a fraction in [0, 0.5], got {overlap}")
+    if align < 1 or tile % align:
+        raise ValueError(f"align: expected a positive divisor of tile={tile}, got {align}")
     h, w = shape
-    ph, pw = max(h, tile), max(w, tile)
-    starts = tuple((y, x) for y in _starts_1d(ph, tile, overlap) for x in _starts_1d(pw, tile, overlap))
+    ph, pw = _round_up(max(h, tile), align), _round_up(max(w, tile), align)
+    starts = tuple((y, x) for y in _starts_1d(ph, tile, overlap, align)
+                   for x in _starts_1d(pw, tile, overlap, align))
     return TileGrid(shape=(h, w), padded_shape=(ph, pw), tile=tile, starts=starts)
 
 

@@ -40,3 +40,17 @@ def test_bad_arguments():
     grid = tile_grid((300, 300), tile=128)
     with pytest.raises(ValueError, match="tiles: expected"):
         stitch_tiles(torch.zeros(1, 1, 128, 128), grid)
+
+
+@pytest.mark.parametrize("shape", [(520, 704), (100, 300), (1022, 1024)])
+def test_aligned_starts_are_multiples(shape):
+    grid = tile_grid(shape, tile=256, overlap=0.1, align=16)
+    assert all(y % 16 == 0 and x % 16 == 0 for y, x in grid.starts)
+    assert all(s % 16 == 0 for s in grid.padded_shape)
+    ys = sorted({y for y, _ in grid.starts})
+    assert ys[-1] + 256 == grid.padded_shape[0]
+
+
+def test_align_must_divide_tile():
+    with pytest.raises(ValueError, match="align"):
+        tile_grid((300, 300), tile=100, align=16)

@@ -33,14 +33,14 @@ from tqdm.auto import tqdm
 
 from flowseg.config import ModelConfig, SegmentConfig, TrainConfig
 from flowseg.data.dataset import CropDataset, Sample, class_names_of, epoch_order
-from flowseg.device import resolve_device
+from flowseg.device import autocast, resolve_device
 from flowseg.io.atomic import atomic_path
 from flowseg.model.checkpoint import Model, load_model, load_train_state, save_model
-from flowseg.model.unet import FLOW_SCALE, UNet
+from flowseg.model.unet import UNet
 from flowseg.training.losses import segmentation_loss
 
 __all__ = ["EpochRecord", "ValResult", "HISTORY_FIELDS", "make_optimizer", "make_scheduler",
-           "train_one_epoch", "predict_val", "evaluate_val", "fit", "RUN_FILES"]
+           "train_one_epoch", "evaluate_val", "fit", "RUN_FILES"]
 
 log = logging.getLogger(__name__)
 
@@ -116,11 +116,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _autocast(device: torch.device):
-    """bf16 autocast on CUDA; a no-op context elsewhere."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
 def train_one_epoch(net: UNet, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, *, config: TrainConfig,
                     device: torch.device, epoch: int = 0, progress: bool = True) -> dict[str, float]:
@@ -146,7 +141,7 @@ def train_one_epoch(net: UNet, loader: DataLoader, optimizer: torch.optim.Optimi
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         targets = labels_to_flows(labels, device=device)
-        with _autocast(device):
+        with autocast(device):
             output = net(images)
         terms = segmentation_loss(output, targets, labels, class_index.to(device),
                                   flow_weight=config.flow_weight,
@@ -168,78 +163,22 @@ def train_one_epoch(net: UNet, loader: DataLoader, optimizer: torch.optim.Optimi
 
 
 # ----------------------------------------------------------------------------- validation
-def _shape_batches(shapes: Sequence[tuple[int, ...]], batch_size: int) -> list[list[int]]:
-    """Indices grouped by equal shape, in chunks of at most ``batch_size``."""
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, shape in enumerate(shapes):
-        groups.setdefault(tuple(shape), []).append(i)
-    return [idx[s:s + batch_size] for idx in groups.values() for s in range(0, len(idx), batch_size)]
+def evaluate_val(model: Model, samples: Sequence[Sample], *, batch_size: int = 8) -> ValResult:
+    """Segment ``samples`` exactly as users will (:func:`flowseg.segment`, whole images, the
+    model's own ``segment_config``) and score them with the competition metric.
 
-
-@torch.inference_mode()
-def predict_val(net: UNet, images: Sequence[np.ndarray], *, device: torch.device | str,
-                batch_size: int = 8) -> list[torch.Tensor]:
-    """Network maps of whole normalised images, batched by shape (the net pads internally).
-
-    Parameters
-    ----------
-    net : UNet
-    images : sequence of (C, H, W) ndarray of float32
-        Normalised images of any sizes.
-    device : torch.device or str
-    batch_size : int
-
-    Returns
-    -------
-    list of (3 + K, H, W) tensors of float32 (on ``device``)
-        Per image: unit flows (dy, dx), cell-probability logit, K class logits.
+    ``class_accuracy`` is the fraction of samples whose predicted image cell type is right
+    (samples whose type is not one of the model's classes are not counted).
     """
-    device = torch.device(device)
-    net.eval()
-    maps: list[torch.Tensor | None] = [None] * len(images)
-    for batch in _shape_batches([im.shape for im in images], batch_size):
-        x = torch.from_numpy(np.stack([images[i] for i in batch])).to(device)
-        with _autocast(device):
-            out = net(x)
-        y = torch.cat([out.flows / FLOW_SCALE, out.cellprob[:, None], out.class_logits], 1).float()
-        for i, m in zip(batch, y):
-            maps[i] = m
-    return maps
-
-
-def _image_class(m: torch.Tensor, cellprob_threshold: float) -> int:
-    """Argmax of the mean class probability over predicted cell pixels (all pixels if none)."""
-    probs = torch.softmax(m[3:], 0)
-    cells = m[2] > cellprob_threshold
-    pixels = probs[:, cells] if cells.any() else probs.flatten(1)
-    return int(pixels.mean(1).argmax())
-
-
-def evaluate_val(net: UNet, samples: Sequence[Sample], *, class_names: Sequence[str],
-                 segment_config: SegmentConfig | None = None, device: torch.device | str = "cpu",
-                 batch_size: int = 8) -> ValResult:
-    """Segment ``samples`` with the real mask reconstruction and score them.
-
-    Labels come from :func:`flowseg.flows.flows_to_labels` (images of one shape at once), the
-    score from :func:`flowseg.metrics.image_score`.
-    """
-    from flowseg.flows import flows_to_labels
+    from flowseg.api import segment
     from flowseg.metrics import image_score
 
-    config = SegmentConfig() if segment_config is None else segment_config
-    maps = predict_val(net, [s.image for s in samples], device=device, batch_size=batch_size)
-    scores, correct, typed = [0.0] * len(samples), 0, 0
-    for batch in _shape_batches([m.shape for m in maps], batch_size):
-        labels = flows_to_labels(torch.stack([maps[i][:2] for i in batch]),
-                                 torch.stack([maps[i][2] for i in batch]), config=config)
-        for i, pred in zip(batch, np.asarray(labels)):
-            scores[i] = float(image_score(samples[i].labels, pred.astype(np.int32)).score)
-    for sample, m in zip(samples, maps):
-        if sample.cell_type in class_names:
-            typed += 1
-            correct += class_names[_image_class(m, config.cellprob_threshold)] == sample.cell_type
+    results = segment([s.image for s in samples], model, batch_size=batch_size, tile=None)
+    scores = [float(image_score(s.labels, r.labels).score) for s, r in zip(samples, results)]
+    typed = [(s, r) for s, r in zip(samples, results) if s.cell_type in model.class_names]
+    correct = sum(r.image_cell_type == s.cell_type for s, r in typed)
     return ValResult(score=float(np.mean(scores)) if scores else float("nan"),
-                     class_accuracy=correct / typed if typed else float("nan"),
+                     class_accuracy=correct / len(typed) if typed else float("nan"),
                      image_scores=tuple(scores))
 
 
@@ -418,9 +357,7 @@ def fit(train_items: Sequence[Sample], val_items: Sequence[Sample], config: Trai
                                 progress=progress)
         val = None
         if val_items and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
-            val = evaluate_val(net, val_items, class_names=class_names,
-                               segment_config=segment_config, device=device,
-                               batch_size=config.batch_size)
+            val = evaluate_val(model, val_items, batch_size=config.batch_size)
         record = EpochRecord(epoch + 1, terms["loss"], terms["flow"], terms["cellprob"],
                              terms["classes"], val.score if val else math.nan,
                              val.class_accuracy if val else math.nan,

@@ -7,10 +7,10 @@ import torch
 
 from flowseg.config import ModelConfig
 from flowseg.data.dataset import CropDataset
-from flowseg.model.checkpoint import load_model, load_train_state
+from flowseg.model.checkpoint import Model, load_model, load_train_state
 from flowseg.model.unet import UNet
 from flowseg.training.engine import (HISTORY_FIELDS, evaluate_val, fit, lr_factor, make_optimizer,
-                                     make_scheduler, predict_val, train_one_epoch)
+                                     make_scheduler, train_one_epoch)
 
 
 class Stop(Exception):
@@ -98,22 +98,12 @@ def test_n_classes_must_match_training_cell_types(samples, tiny_configs, tmp_pat
         fit(train, [], config, ModelConfig(n_classes=3, widths=(8, 16)), tmp_path, progress=False)
 
 
-def test_predict_val_batches_by_shape_like_single_images(samples):
-    train, val = samples
-    torch.manual_seed(0)
-    net = UNet(ModelConfig(n_classes=2, widths=(8, 16)))
-    images = [train[0].image, val[0].image, train[1].image]
-    maps = predict_val(net, images, device="cpu", batch_size=4)
-    assert [tuple(m.shape) for m in maps] == [(5, 48, 56), (5, 40, 48), (5, 48, 56)]
-    single = predict_val(net, images[2:], device="cpu")[0]
-    torch.testing.assert_close(maps[2], single, atol=1e-5, rtol=1e-5)
-
-
 def test_evaluate_val_scores_in_unit_range(samples):
     train, val = samples
     torch.manual_seed(0)
-    net = UNet(ModelConfig(n_classes=2, widths=(8, 16)))
-    result = evaluate_val(net, val + train[:1], class_names=("round", "spindly"), device="cpu")
+    model = Model(UNet(ModelConfig(n_classes=2, widths=(8, 16))), ModelConfig(n_classes=2, widths=(8, 16)),
+                  ("round", "spindly"))
+    result = evaluate_val(model, val + train[:1])
     assert len(result.image_scores) == 3
     assert 0 <= result.score <= 1 and 0 <= result.class_accuracy <= 1
     np.testing.assert_allclose(result.score, np.mean(result.image_scores))

@@ -1,0 +1,292 @@
+"""The Python API: ``load_model`` and ``segment`` (numpy in, result objects out).
+
+``segment`` runs in three batched stages:
+
+1. network: every image is cut into equal tiles (or kept whole with ``tile=None``); tiles of all
+   images share network batches; optional flip test-time augmentation; tiles are blended back;
+2. classes: each image's cell type is first estimated from the class probabilities of its
+   foreground pixels, which selects the image's thresholds (``SegmentConfig.for_class``);
+3. masks: ``flows_to_labels`` for all images of one size at once, then per-instance cell type
+   (highest mean class probability over the instance), class probabilities and confidence.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flowseg.config import SegmentConfig
+from flowseg.data.normalize import normalize_image
+from flowseg.device import autocast, resolve_device
+from flowseg.flows import flows_to_labels
+from flowseg.model.checkpoint import Model
+from flowseg.model.checkpoint import load_model as _load_checkpoint
+from flowseg.tiling import TileGrid, split_tiles, stitch_tiles, tile_grid
+
+__all__ = ["SegmentResult", "load_model", "segment", "predict_maps", "DEFAULT_TILE"]
+
+log = logging.getLogger(__name__)
+
+#: Default network tile side in pixels (images larger than this are tiled with overlap).
+DEFAULT_TILE = 256
+#: Fraction of a tile shared with its neighbour.
+TILE_OVERLAP = 0.1
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """The segmentation of one image.
+
+    Attributes
+    ----------
+    labels : (H, W) ndarray of int32
+        0 = background, 1..N = instances.
+    cell_types : tuple of str, length N
+        ``cell_types[i]`` is the cell type of instance ``i + 1``.
+    class_probs : (N, K) ndarray of float32
+        Mean class probability over each instance's pixels (K = ``len(class_names)``).
+    scores : (N,) ndarray of float32
+        Confidence of each instance: mean cell probability over its pixels times its
+        winning class probability.
+    image_cell_type : str
+        Area-weighted majority of the instances' types (from the foreground pixels' class
+        probabilities when there is no instance).
+    image_class_probs : (K,) ndarray of float32
+        Area-weighted mean of the instances' class probabilities.
+    class_names : tuple of str
+        The model's cell types, in class-index order.
+    flows : (2, H, W) ndarray of float32 or None
+        Predicted unit flows (dy, dx), when asked for.
+    cellprob : (H, W) ndarray of float32 or None
+        Predicted cell-probability logits, when asked for.
+    """
+
+    labels: np.ndarray
+    cell_types: tuple[str, ...]
+    class_probs: np.ndarray
+    scores: np.ndarray
+    image_cell_type: str
+    image_class_probs: np.ndarray
+    class_names: tuple[str, ...]
+    flows: np.ndarray | None = None
+    cellprob: np.ndarray | None = None
+
+    @property
+    def n_instances(self) -> int:
+        """Number of instances N."""
+        return len(self.cell_types)
+
+
+def load_model(path: str | Path | None = None, *, device: str | torch.device = "auto") -> Model:
+    """Load a flowseg checkpoint onto ``device`` (``"auto"``: CUDA if available).
+
+    ``path=None`` loads the default model shipped inside the package.
+    """
+    if path is None:
+        from flowseg.model.pretrained import default_model_path
+
+        path = default_model_path()
+    return _load_checkpoint(path, device=resolve_device(device))
+
+
+# ----------------------------------------------------------------------------- input checks
+def _check_images(images: Sequence[np.ndarray], in_channels: int) -> list[np.ndarray]:
+    if isinstance(images, (np.ndarray, torch.Tensor)):
+        raise TypeError("images: expected a list of arrays (H, W) or (C, H, W); got a single "
+                        f"{type(images).__name__} of shape {tuple(images.shape)} — wrap one image "
+                        "in a list: segment([image], model)")
+    images = list(images)
+    for i, image in enumerate(images):
+        if not isinstance(image, np.ndarray):
+            raise TypeError(f"images[{i}]: expected a numpy array, got {type(image).__name__}")
+        channels = 1 if image.ndim == 2 else (image.shape[0] if image.ndim == 3 else None)
+        if channels is None:
+            raise ValueError(f"images[{i}]: expected shape (H, W) or (C, H, W), got {image.shape}")
+        if channels != in_channels:
+            raise ValueError(f"images[{i}]: the model takes {in_channels} channel(s), "
+                             f"got an image of shape {image.shape}")
+    return images
+
+
+# ----------------------------------------------------------------------------- network stage
+def _forward(model: Model, x: torch.Tensor, *, tta: bool) -> torch.Tensor:
+    """Network output (B, 3 + K, h, w) float32: unit flows (dy, dx), cellprob logit, class logits.
+
+    With ``tta`` the outputs of the four flips are averaged (flow components un-flipped).
+    """
+    flips = [(), (-1,), (-2,), (-2, -1)] if tta else [()]
+    total = None
+    for dims in flips:
+        xin = x.flip(dims) if dims else x
+        with autocast(x.device):
+            out = model.net(xin)
+        maps = torch.cat([out.flows / model.flow_scale, out.cellprob[:, None], out.class_logits], 1).float()
+        if dims:
+            maps = maps.flip(dims)
+            if -2 in dims:
+                maps[:, 0] = -maps[:, 0]
+            if -1 in dims:
+                maps[:, 1] = -maps[:, 1]
+        total = maps if total is None else total + maps
+    return (total / len(flips)).float()
+
+
+def predict_maps(images: Sequence[np.ndarray], model: Model, *, batch_size: int = 8,
+                 tile: int | None = DEFAULT_TILE, tta: bool = False) -> list[torch.Tensor]:
+    """Run the network over images of any sizes, batching tiles of all images together.
+
+    Returns
+    -------
+    list of (3 + K, H, W) float32 tensors (on the model's device)
+        Per image: unit flows (dy, dx), cell-probability logit, K class logits.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected an int >= 1, got {batch_size}")
+    device = next(model.net.parameters()).device
+    tensors = [torch.from_numpy(normalize_image(im)) for im in images]
+    align = 2 ** (len(model.model_config.widths) - 1)  # the network's total pooling stride
+    grids: list[TileGrid | None] = [
+        tile_grid(t.shape[-2:], tile=tile, overlap=TILE_OVERLAP, align=align) if tile else None
+        for t in tensors]
+    # Units of network work: whole images (tile=None) or tiles; batched by shape.
+    pieces = []  # (image index, piece tensor)
+    for i, (t, grid) in enumerate(zip(tensors, grids)):
+        pieces.extend((i, p) for p in (split_tiles(t, grid) if grid else t[None]))
+    outputs: list[list[torch.Tensor]] = [[] for _ in tensors]
+    order = sorted(range(len(pieces)), key=lambda k: tuple(pieces[k][1].shape))
+    model.net.eval()
+    with torch.inference_mode():
+        start = 0
+        while start < len(order):
+            shape = pieces[order[start]][1].shape
+            batch = [order[start]]
+            while (len(batch) < batch_size and start + len(batch) < len(order)
+                   and pieces[order[start + len(batch)]][1].shape == shape):
+                batch.append(order[start + len(batch)])
+            x = torch.stack([pieces[k][1] for k in batch]).to(device)
+            y = _forward(model, x, tta=tta)
+            for k, out in zip(batch, y):
+                outputs[pieces[k][0]].append((k, out))
+            start += len(batch)
+    maps = []
+    for i, grid in enumerate(grids):
+        outs = torch.stack([o for _, o in sorted(outputs[i], key=lambda ko: ko[0])])
+        maps.append(stitch_tiles(outs, grid) if grid else outs[0])
+    return maps
+
+
+# ----------------------------------------------------------------------------- class stage
+def _image_class_from_pixels(cellprob: torch.Tensor, class_probs: torch.Tensor,
+                             threshold: float) -> torch.Tensor:
+    """(K,) mean class probability over the foreground pixels (cellprob > threshold).
+
+    Falls back to a cell-probability-weighted mean over all pixels when nothing is foreground.
+    """
+    fg = (cellprob > threshold).float()
+    weight = fg if fg.sum() > 0 else torch.sigmoid(cellprob)
+    return (class_probs * weight).sum((1, 2)) / weight.sum().clamp_min(1e-12)
+
+
+@dataclass(frozen=True)
+class _InstanceStats:
+    class_probs: np.ndarray  # (N, K)
+    scores: np.ndarray       # (N,)
+    areas: np.ndarray        # (N,)
+
+
+def _instance_stats(labels: np.ndarray, cellprob: np.ndarray, class_probs: np.ndarray) -> _InstanceStats:
+    """Per-instance mean class probabilities, confidence and area (vectorised with bincount)."""
+    n = int(labels.max())
+    flat = labels.ravel()
+    areas = np.bincount(flat, minlength=n + 1)[1:].astype(np.float64)
+    denom = np.maximum(areas, 1)
+    probs = np.stack([np.bincount(flat, weights=c.ravel(), minlength=n + 1)[1:] / denom
+                      for c in class_probs], axis=1) if n else np.zeros((0, len(class_probs)))
+    fg = 1.0 / (1.0 + np.exp(-cellprob.astype(np.float64)))
+    mean_fg = np.bincount(flat, weights=fg.ravel(), minlength=n + 1)[1:] / denom
+    scores = mean_fg * (probs.max(axis=1) if n else 0.0)
+    return _InstanceStats(probs.astype(np.float32), np.asarray(scores, np.float32), areas)
+
+
+def _result(labels: np.ndarray, maps: torch.Tensor, class_names: tuple[str, ...],
+            fallback_probs: torch.Tensor, return_maps: bool) -> SegmentResult:
+    maps = maps.cpu()
+    cellprob = maps[2].numpy()
+    class_probs = torch.softmax(maps[3:], dim=0).numpy()
+    stats = _instance_stats(labels, cellprob, class_probs)
+    types = tuple(class_names[k] for k in stats.class_probs.argmax(axis=1)) if len(stats.areas) else ()
+    if len(stats.areas):
+        image_probs = (stats.class_probs * stats.areas[:, None]).sum(0) / stats.areas.sum()
+        votes = np.bincount(stats.class_probs.argmax(axis=1), weights=stats.areas,
+                            minlength=len(class_names))
+        image_type = class_names[int(votes.argmax())]
+    else:
+        image_probs = fallback_probs.cpu().numpy()
+        image_type = class_names[int(image_probs.argmax())]
+    return SegmentResult(
+        labels=labels, cell_types=types, class_probs=stats.class_probs, scores=stats.scores,
+        image_cell_type=image_type, image_class_probs=np.asarray(image_probs, np.float32),
+        class_names=class_names,
+        flows=maps[:2].numpy().copy() if return_maps else None,
+        cellprob=cellprob.copy() if return_maps else None)
+
+
+# ----------------------------------------------------------------------------- entry point
+def segment(images: Sequence[np.ndarray], model: Model, *, batch_size: int = 8,
+            config: SegmentConfig | None = None, tile: int | None = DEFAULT_TILE,
+            tta: bool = False, return_maps: bool = False) -> list[SegmentResult]:
+    """Segment images with a flowseg model.
+
+    Parameters
+    ----------
+    images : sequence of (H, W) or (C, H, W) ndarrays
+        Any sizes, any numeric dtype (each image is percentile-normalised).
+    model : Model
+        From :func:`load_model`.
+    batch_size : int
+        Network tiles (or whole images) per forward pass.
+    config : SegmentConfig, optional
+        Post-processing thresholds; ``None`` uses those stored with the model (tuned values).
+    tile : int or None
+        Network tile side; larger images are tiled with overlap and blended. ``None`` runs
+        each image whole.
+    tta : bool
+        Average the four flips of each tile (4x the network cost).
+    return_maps : bool
+        Keep the predicted flows and cell-probability logits in the results.
+
+    Returns
+    -------
+    list of SegmentResult
+        One per image, in order.
+    """
+    config = model.segment_config if config is None else config
+    if not isinstance(config, SegmentConfig):
+        raise TypeError(f"config: expected a SegmentConfig or None, got {type(config).__name__}")
+    images = _check_images(images, model.model_config.in_channels)
+    if not images:
+        return []
+    maps = predict_maps(images, model, batch_size=batch_size, tile=tile, tta=tta)
+    class_names = tuple(model.class_names)
+    pixel_probs = [_image_class_from_pixels(m[2], torch.softmax(m[3:], 0), config.cellprob_threshold)
+                   for m in maps]
+    configs = [config.for_class(class_names[int(p.argmax())]) for p in pixel_probs]
+    labels: list[np.ndarray | None] = [None] * len(maps)
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for i, m in enumerate(maps):
+        by_shape.setdefault(tuple(m.shape[-2:]), []).append(i)
+    for idx in by_shape.values():
+        for start in range(0, len(idx), batch_size):
+            chunk = idx[start:start + batch_size]
+            out = flows_to_labels(torch.stack([maps[i][:2] for i in chunk]),
+                                  torch.stack([maps[i][2] for i in chunk]),
+                                  config=[configs[i] for i in chunk])
+            for i, lab in zip(chunk, np.asarray(out)):
+                labels[i] = lab.astype(np.int32, copy=False)
+    return [_result(lab, m, class_names, p, return_maps)
+            for lab, m, p in zip(labels, maps, pixel_probs)]

@@ -1,0 +1,142 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from flowseg.api import predict_maps, segment
+from flowseg.config import ModelConfig, SegmentConfig
+from flowseg.flows import labels_to_flows
+from flowseg.metrics import image_score
+from flowseg.model.checkpoint import Model
+from flowseg.model.unet import FLOW_SCALE, NetOutput, UNet
+from flowseg.synthetic import make_synthetic
+
+
+def tiny_model(*, style: bool = True, n_classes: int = 2, seed: int = 0) -> Model:
+    torch.manual_seed(seed)
+    config = ModelConfig(n_classes=n_classes, widths=(8, 16, 32), style=style)
+    net = UNet(config).eval()
+    return Model(net, config, tuple(f"type{k}" for k in range(n_classes)))
+
+
+class OracleNet(nn.Module):
+    """Returns the exact maps of fixed labels: the targets' flows, +/-8 logits, class ``k``."""
+
+    def __init__(self, labels: np.ndarray, k: int, n_classes: int) -> None:
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1))
+        lab = torch.from_numpy(labels)
+        self.flows = torch.from_numpy(labels_to_flows(labels)) * FLOW_SCALE
+        self.cellprob = torch.where(lab > 0, 8.0, -8.0)
+        self.classes = torch.full((n_classes, *labels.shape), -4.0)
+        self.classes[k] = 4.0
+
+    def forward(self, x: torch.Tensor) -> NetOutput:
+        assert x.shape[-2:] == self.cellprob.shape
+        b = x.shape[0]
+        return NetOutput(self.flows.expand(b, -1, -1, -1), self.cellprob.expand(b, -1, -1),
+                         self.classes.expand(b, -1, -1, -1))
+
+
+def test_mixed_sizes_give_consistent_results():
+    model = tiny_model()
+    images = [np.random.default_rng(i).random(shape).astype(np.float32)
+              for i, shape in enumerate([(40, 50), (70, 33), (40, 50)])]
+    results = segment(images, model, batch_size=2, tile=32, return_maps=True)
+    assert len(results) == 3
+    for image, res in zip(images, results):
+        n = int(res.labels.max())
+        assert res.labels.shape == image.shape and res.labels.dtype == np.int32
+        assert len(res.cell_types) == n == res.n_instances
+        assert res.class_probs.shape == (n, 2) and res.scores.shape == (n,)
+        assert res.image_cell_type in model.class_names
+        assert res.flows.shape == (2, *image.shape) and res.cellprob.shape == image.shape
+
+
+def test_batching_does_not_change_results():
+    model = tiny_model()
+    images = [make_synthetic("round", shape=(64, 64), seed=s)[0] for s in range(3)]
+    together = predict_maps(images, model, batch_size=3, tile=32)
+    alone = [predict_maps([im], model, batch_size=1, tile=32)[0] for im in images]
+    for a, b in zip(together, alone):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def _interior(shape, starts, tile, margin):
+    """Pixels at least ``margin`` from the image border and from every tile border they lie in."""
+    ok = np.zeros(shape, bool)
+    ok[margin:shape[0] - margin, margin:shape[1] - margin] = True
+    near_edge = np.zeros(shape, bool)
+    for y, x in starts:
+        inner = np.zeros(shape, bool)
+        inner[y:y + tile, x:x + tile] = True
+        core = np.zeros(shape, bool)
+        core[y + margin:y + tile - margin, x + margin:x + tile - margin] = True
+        near_edge |= inner & ~core
+    return ok & ~near_edge
+
+
+def test_tiled_and_untiled_agree_away_from_tile_borders():
+    from flowseg.tiling import tile_grid
+
+    model = tiny_model(style=False)  # the style vector is a global (per tile) statistic
+    image = make_synthetic("irregular", shape=(150, 180), seed=1)[0]
+    whole = predict_maps([image], model, tile=None)[0]
+    tiled = predict_maps([image], model, tile=64)[0]
+    grid = tile_grid(image.shape, tile=64, overlap=0.1, align=4)
+    interior = _interior(image.shape, grid.starts, 64, margin=20)
+    assert interior.sum() > 1000
+    np.testing.assert_allclose(tiled[:, interior].numpy(), whole[:, interior].numpy(), atol=1e-4)
+    assert not np.allclose(tiled.numpy(), whole.numpy(), atol=1e-4)  # the borders do differ
+
+
+def test_tta_output_is_flip_equivariant():
+    model = tiny_model()
+    half = np.random.default_rng(0).random((48, 32)).astype(np.float32)
+    image = np.concatenate([half, half[:, ::-1]], axis=1)  # mirror-symmetric left/right
+    maps = predict_maps([image], model, tile=None, tta=True)[0].numpy()
+    np.testing.assert_allclose(maps[1], -maps[1][:, ::-1], atol=1e-5)  # dx antisymmetric
+    np.testing.assert_allclose(maps[0], maps[0][:, ::-1], atol=1e-5)   # dy symmetric
+    np.testing.assert_allclose(maps[2:], maps[2:, :, ::-1], atol=1e-5)
+
+
+def test_oracle_maps_give_back_the_labels_and_types():
+    _, labels = make_synthetic("round", shape=(96, 96), seed=3)
+    config = ModelConfig(n_classes=3, widths=(8, 16))
+    model = Model(OracleNet(labels, k=2, n_classes=3), config, ("a", "b", "c"),
+                  SegmentConfig(min_size=0))
+    (res,) = segment([np.zeros((96, 96), np.float32)], model, tile=None)
+    assert image_score(labels, res.labels).score >= 0.99
+    assert set(res.cell_types) == {"c"} and res.image_cell_type == "c"
+    assert np.all(res.scores > 0.9)
+    np.testing.assert_allclose(res.image_class_probs.sum(), 1.0, rtol=1e-5)
+
+
+def test_per_class_thresholds_follow_the_image_class():
+    from flowseg.config import ClassThresholds
+
+    _, labels = make_synthetic("round", shape=(96, 96), seed=3)
+    config = ModelConfig(n_classes=2, widths=(8, 16))
+    huge = ClassThresholds(min_size=10_000)
+    model = Model(OracleNet(labels, k=1, n_classes=2), config, ("a", "b"),
+                  SegmentConfig(min_size=0, per_class={"b": huge}))
+    (res,) = segment([np.zeros((96, 96), np.float32)], model, tile=None)
+    assert res.n_instances == 0 and res.image_cell_type == "b"
+    (res,) = segment([np.zeros((96, 96), np.float32)], model, tile=None,
+                     config=SegmentConfig(min_size=0, per_class={"a": huge}))
+    assert res.n_instances == labels.max()
+
+
+def test_bad_inputs_are_clear_errors():
+    model = tiny_model()
+    with pytest.raises(TypeError, match="wrap one image in a list"):
+        segment(np.zeros((32, 32)), model)
+    with pytest.raises(ValueError, match=r"images\[0\]: the model takes 1 channel"):
+        segment([np.zeros((3, 32, 32))], model)
+    with pytest.raises(ValueError, match=r"images\[1\]: expected shape"):
+        segment([np.zeros((32, 32)), np.zeros(5)], model)
+    with pytest.raises(TypeError, match="config"):
+        segment([np.zeros((32, 32))], model, config={"min_size": 3})
+    with pytest.raises(ValueError, match="batch_size"):
+        segment([np.zeros((32, 32))], model, batch_size=0)
+    assert segment([], model) == []
