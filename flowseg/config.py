@@ -61,6 +61,10 @@ class ClassThresholds:
             _check_int("min_size", self.min_size, minimum=0)
 
 
+#: Values of ``SegmentConfig.class_source``.
+CLASS_SOURCES = ("image", "instance")
+
+
 @dataclass(frozen=True)
 class SegmentConfig:
     """How network output (flows, cell probability, class logits) becomes labels.
@@ -82,6 +86,16 @@ class SegmentConfig:
         Fill holes enclosed by each instance.
     per_class : Mapping[str, ClassThresholds]
         Overrides per cell type, applied by :meth:`for_class`.
+    class_source : {"image", "instance"}
+        Whose cell type selects the ``per_class`` values of an instance: its image's (every
+        instance of an image filtered with the image's values) or its own (clustered with
+        the most permissive values over the classes, then each instance filtered with the
+        values of its own type). See :func:`flowseg.api.labels_from_maps`.
+    min_flow : float
+        Foreground pixels whose (unit-scale) flow is shorter than this do not move: they are
+        sinks. Targets are unit length except at the sink, and a network's flows shrink near
+        cell centres, so 0.3 turns the uncertain centre into one sink; with noisy flows it
+        gave the best round trip in ``benchmarks/flows.py`` (0 lets every pixel move).
     """
 
     cellprob_threshold: float = 0.0
@@ -90,13 +104,19 @@ class SegmentConfig:
     niter: int = 1024
     fill_holes: bool = True
     per_class: Mapping[str, ClassThresholds] = field(default_factory=dict)
+    class_source: str = "image"
+    min_flow: float = 0.3
 
     def __post_init__(self) -> None:
+        if self.class_source not in CLASS_SOURCES:
+            raise ValueError(f"class_source: expected one of {CLASS_SOURCES}, got {self.class_source!r}")
         _check_finite("cellprob_threshold", self.cellprob_threshold)
         if _check_finite("flow_threshold", self.flow_threshold) < 0:
             raise ValueError(f"flow_threshold: expected >= 0, got {self.flow_threshold}")
         _check_int("min_size", self.min_size, minimum=0)
         _check_int("niter", self.niter, minimum=1)
+        if _check_finite("min_flow", self.min_flow) < 0:
+            raise ValueError(f"min_flow: expected >= 0, got {self.min_flow}")
         if not isinstance(self.fill_holes, bool):
             raise TypeError(f"fill_holes: expected a bool, got {self.fill_holes!r}")
         if not isinstance(self.per_class, Mapping):
