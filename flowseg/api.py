@@ -5,13 +5,22 @@
 1. network: every image is cut into equal tiles (or kept whole with ``tile=None``); tiles of all
    images share network batches; optional flip test-time augmentation; tiles are blended back;
 2. classes: each image's cell type is first estimated from the class probabilities of its
-   foreground pixels, which selects the image's thresholds (``SegmentConfig.for_class``);
-3. masks: ``flows_to_labels`` for all images of one size at once, then per-instance cell type
-   (highest mean class probability over the instance), class probabilities and confidence.
+   foreground pixels;
+3. masks (:func:`segment_maps`): ``flows_to_labels`` clusters all images of one size at once
+   (cell-probability threshold of the image's type, or the lowest over the types with
+   ``SegmentConfig.class_source == "instance"``), then :func:`filter_instances` applies the
+   per-class cell-probability threshold, min size and flow-error threshold to each instance
+   (of its image's type, or of its own); last, per-instance cell type (highest mean class
+   probability over the instance), class probabilities and confidence, and the image type
+   (area-weighted majority over instances).
+
+:func:`predict_maps` and :func:`segment_maps` are the two halves of :func:`segment`; tuning
+(:mod:`flowseg.tuning`) runs the first once and the second many times.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,12 +32,14 @@ import torch
 from flowseg.config import SegmentConfig
 from flowseg.data.normalize import normalize_image
 from flowseg.device import autocast, resolve_device
-from flowseg.flows import flows_to_labels
+from flowseg.flows import fill_holes, flow_error, flows_to_labels
 from flowseg.model.checkpoint import Model
 from flowseg.model.checkpoint import load_model as _load_checkpoint
 from flowseg.tiling import TileGrid, split_tiles, stitch_tiles, tile_grid
 
-__all__ = ["SegmentResult", "load_model", "segment", "predict_maps", "DEFAULT_TILE"]
+__all__ = ["DEFAULT_TILE", "ClassValues", "SegmentResult", "cluster_config", "cluster_maps",
+           "filter_instances", "instance_classes", "load_model", "predict_maps", "segment",
+           "segment_maps"]
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +247,214 @@ def _result(labels: np.ndarray, maps: torch.Tensor, class_names: tuple[str, ...]
         cellprob=cellprob.copy() if return_maps else None)
 
 
+# ----------------------------------------------------------------------------- mask stage
+@dataclass(frozen=True)
+class ClassValues:
+    """The post-processing values of every class, as arrays indexed by class.
+
+    Attributes
+    ----------
+    cellprob_threshold, flow_threshold : (K,) ndarray of float64
+    min_size : (K,) ndarray of int64
+    """
+
+    cellprob_threshold: np.ndarray
+    flow_threshold: np.ndarray
+    min_size: np.ndarray
+
+    @classmethod
+    def of(cls, config: SegmentConfig, class_names: Sequence[str]) -> ClassValues:
+        """``config.for_class(name)``'s values for each of ``class_names``."""
+        per = [config.for_class(name) for name in class_names]
+        return cls(np.array([c.cellprob_threshold for c in per], np.float64),
+                   np.array([c.flow_threshold for c in per], np.float64),
+                   np.array([c.min_size for c in per], np.int64))
+
+
+def cluster_config(config: SegmentConfig, cellprob_threshold: float) -> SegmentConfig:
+    """The config of the clustering stage: no size or flow-error filter (applied afterwards)."""
+    return dataclasses.replace(config, per_class={}, cellprob_threshold=float(cellprob_threshold),
+                               min_size=0, flow_threshold=0.0)
+
+
+def cluster_maps(maps: Sequence[torch.Tensor], configs: Sequence[SegmentConfig], *,
+                 batch_size: int = 8) -> list[np.ndarray]:
+    """``flows_to_labels`` over all images, batched by image size.
+
+    Parameters
+    ----------
+    maps : sequence of (3 + K, H, W) tensors
+        From :func:`predict_maps`.
+    configs : sequence of SegmentConfig
+        One per image.
+
+    Returns
+    -------
+    list of (H, W) ndarray of int32
+    """
+    labels: list[np.ndarray | None] = [None] * len(maps)
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for i, m in enumerate(maps):
+        by_shape.setdefault(tuple(m.shape[-2:]), []).append(i)
+    for idx in by_shape.values():
+        for start in range(0, len(idx), batch_size):
+            chunk = idx[start:start + batch_size]
+            out = flows_to_labels(torch.stack([maps[i][:2] for i in chunk]),
+                                  torch.stack([maps[i][2] for i in chunk]),
+                                  config=[configs[i] for i in chunk])
+            for i, lab in zip(chunk, np.asarray(out)):
+                labels[i] = lab.astype(np.int32, copy=False)
+    return labels
+
+
+def instance_classes(labels: np.ndarray, class_probs: np.ndarray) -> np.ndarray:
+    """(N + 1,) class index of each id 0..N: argmax of its mean class probability (id 0: 0).
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of int
+    class_probs : (K, H, W) ndarray of float
+    """
+    n = int(labels.max())
+    flat = labels.ravel()
+    sums = np.stack([np.bincount(flat, weights=c.ravel(), minlength=n + 1) for c in class_probs])
+    classes = sums.argmax(axis=0)
+    classes[0] = 0
+    return classes
+
+
+def _renumber(labels: np.ndarray) -> np.ndarray:
+    """Ids -> 1..N in increasing order (int32), 0 stays 0."""
+    ids, inverse = np.unique(labels, return_inverse=True)
+    out = inverse.reshape(labels.shape).astype(np.int32)
+    return out if ids[0] == 0 else out + 1
+
+
+def filter_instances(labels: np.ndarray, flows: np.ndarray, cellprob: np.ndarray,
+                     classes: np.ndarray, values: ClassValues, *, cluster_threshold: float,
+                     fill: bool = True) -> np.ndarray:
+    """Filter each instance with the values of its class (vectorised, no loop over instances).
+
+    Instances whose class cell-probability threshold is above ``cluster_threshold`` (the one
+    they were clustered with) lose their pixels at or below it (holes this leaves inside one
+    instance are filled again when ``fill``); then instances smaller than their class's
+    ``min_size``, or whose flow error exceeds their class's ``flow_threshold`` (when > 0), are
+    dropped; ids are renumbered 1..N.
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of int
+        Clustered instances, 0 = background.
+    flows : (2, H, W) ndarray or tensor of float32
+        Predicted unit flows; the flow error is computed on their device.
+    cellprob : (H, W) ndarray of float32
+        Cell-probability logits.
+    classes : (N + 1,) ndarray of int
+        Class index of each id 0..N (``classes[0]`` unused).
+    values : ClassValues
+    cluster_threshold : float
+        Cell-probability threshold ``labels`` were clustered with.
+    fill : bool
+        Fill holes left by the trimming (``SegmentConfig.fill_holes``).
+
+    Returns
+    -------
+    labels : (H, W) ndarray of int32
+    """
+    threshold = values.cellprob_threshold[classes]
+    trim = threshold > cluster_threshold
+    trim[0] = False
+    if trim.any():
+        below = trim[labels] & (cellprob <= threshold[labels])
+        labels = np.where(below, 0, labels)
+        if fill:
+            labels = fill_holes(labels[None])[0]
+    n = len(classes) - 1
+    area = np.bincount(labels.ravel(), minlength=n + 1)
+    drop = area < values.min_size[classes]
+    flow_threshold = values.flow_threshold[classes]
+    check = ~drop & (flow_threshold > 0) & (area > 0)
+    check[0] = False
+    if check.any():
+        err = np.full(n + 1, np.nan)
+        kept = np.where(check[labels], labels, 0)
+        err[1:int(kept.max()) + 1] = flow_error(flows, kept)
+        drop |= check & (err > flow_threshold)
+    drop[0] = False
+    return _renumber(np.where(drop[labels], 0, labels))
+
+
+@dataclass(frozen=True)
+class _Decisions:
+    labels: list[np.ndarray]
+    pixel_probs: list[torch.Tensor]  # (K,) per image: class probabilities of its foreground
+
+
+def _decide(maps: Sequence[torch.Tensor], class_names: tuple[str, ...], config: SegmentConfig,
+            batch_size: int) -> _Decisions:
+    """Classes, clustering and per-class filtering of every image (see :func:`segment_maps`)."""
+    values = ClassValues.of(config, class_names)
+    pixel_probs = [_image_class_from_pixels(m[2], torch.softmax(m[3:], 0), config.cellprob_threshold)
+                   for m in maps]
+    image_class = [int(p.argmax()) for p in pixel_probs]
+    if config.class_source == "image":
+        thresholds = [values.cellprob_threshold[k] for k in image_class]
+    else:
+        thresholds = [values.cellprob_threshold.min()] * len(maps)
+    clustered = cluster_maps(maps, [cluster_config(config, t) for t in thresholds],
+                             batch_size=batch_size)
+    labels = []
+    for lab, m, k, t in zip(clustered, maps, image_class, thresholds):
+        host = m.cpu()
+        if config.class_source == "image":
+            classes = np.full(int(lab.max()) + 1, k)
+        else:
+            classes = instance_classes(lab, torch.softmax(host[3:], 0).numpy())
+        labels.append(filter_instances(lab, m[:2], host[2].numpy(), classes, values,
+                                       cluster_threshold=t, fill=config.fill_holes))
+    return _Decisions(labels, pixel_probs)
+
+
+def segment_maps(maps: Sequence[torch.Tensor], class_names: Sequence[str], *,
+                 config: SegmentConfig, batch_size: int = 8,
+                 return_maps: bool = False) -> list[SegmentResult]:
+    """Turn network maps into results: the post-processing half of :func:`segment`.
+
+    Each image's cell type is estimated from its foreground pixels' class probabilities. With
+    ``config.class_source == "image"`` the image is clustered and every instance filtered with
+    that type's values (``config.for_class``); with ``"instance"`` the image is clustered with
+    the lowest cell-probability threshold over the classes and each instance is then filtered
+    (:func:`filter_instances`) with the values of its own type (highest mean class probability
+    over its pixels). Running the network once (:func:`predict_maps`) and this many times is
+    how thresholds are tuned (:mod:`flowseg.tuning`).
+
+    Parameters
+    ----------
+    maps : sequence of (3 + K, H, W) tensors
+        From :func:`predict_maps`.
+    class_names : sequence of str, length K
+    config : SegmentConfig
+    batch_size : int
+        Images per flow-following batch.
+    return_maps : bool
+        Keep flows and cell-probability logits in the results.
+
+    Returns
+    -------
+    list of SegmentResult
+    """
+    if not isinstance(config, SegmentConfig):
+        raise TypeError(f"config: expected a SegmentConfig, got {type(config).__name__}")
+    class_names = tuple(class_names)
+    for i, m in enumerate(maps):
+        if m.ndim != 3 or m.shape[0] != 3 + len(class_names):
+            raise ValueError(f"maps[{i}]: expected shape (3 + {len(class_names)}, H, W), "
+                             f"got {tuple(m.shape)}")
+    decisions = _decide(maps, class_names, config, batch_size)
+    return [_result(lab, m, class_names, p, return_maps)
+            for lab, m, p in zip(decisions.labels, maps, decisions.pixel_probs)]
+
+
 # ----------------------------------------------------------------------------- entry point
 def segment(images: Sequence[np.ndarray], model: Model, *, batch_size: int = 8,
             config: SegmentConfig | None = None, tile: int | None = DEFAULT_TILE,
@@ -272,21 +491,5 @@ def segment(images: Sequence[np.ndarray], model: Model, *, batch_size: int = 8,
     if not images:
         return []
     maps = predict_maps(images, model, batch_size=batch_size, tile=tile, tta=tta)
-    class_names = tuple(model.class_names)
-    pixel_probs = [_image_class_from_pixels(m[2], torch.softmax(m[3:], 0), config.cellprob_threshold)
-                   for m in maps]
-    configs = [config.for_class(class_names[int(p.argmax())]) for p in pixel_probs]
-    labels: list[np.ndarray | None] = [None] * len(maps)
-    by_shape: dict[tuple[int, int], list[int]] = {}
-    for i, m in enumerate(maps):
-        by_shape.setdefault(tuple(m.shape[-2:]), []).append(i)
-    for idx in by_shape.values():
-        for start in range(0, len(idx), batch_size):
-            chunk = idx[start:start + batch_size]
-            out = flows_to_labels(torch.stack([maps[i][:2] for i in chunk]),
-                                  torch.stack([maps[i][2] for i in chunk]),
-                                  config=[configs[i] for i in chunk])
-            for i, lab in zip(chunk, np.asarray(out)):
-                labels[i] = lab.astype(np.int32, copy=False)
-    return [_result(lab, m, class_names, p, return_maps)
-            for lab, m, p in zip(labels, maps, pixel_probs)]
+    return segment_maps(maps, model.class_names, config=config, batch_size=batch_size,
+                        return_maps=return_maps)

@@ -21,8 +21,9 @@ import numpy as np
 from flowseg.errors import InputError
 from flowseg.metrics import IOU_THRESHOLDS, ImageScore, Truth, image_score
 
-__all__ = ["EvaluationSummary", "GroupSummary", "ImageResult", "TruthImage", "check_prediction_ids",
-           "format_summary_table", "per_image_table", "score_image", "score_images", "summarize"]
+__all__ = ["EvaluationSummary", "GroupSummary", "ImageResult", "TruthImage", "cell_type_confusion",
+           "check_prediction_ids", "format_confusion_table", "format_summary_table",
+           "per_image_table", "score_image", "score_images", "summarize"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,12 +66,15 @@ class ImageResult:
         False when no prediction was given (scored as an empty prediction).
     score : ImageScore
         Score, counts per threshold, instance numbers.
+    pred_cell_type : str or None
+        Predicted cell type of the image, when the predictions come with one.
     """
 
     id: str
     cell_type: str
     has_prediction: bool
     score: ImageScore
+    pred_cell_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -106,12 +110,26 @@ class EvaluationSummary:
         By true cell type, sorted by name.
     missing_predictions : tuple of str
         Ids that had no prediction (scored as empty predictions).
+    confusion : dict of str to dict of str to int, or None
+        ``confusion[true][predicted]``: images of true cell type ``true`` predicted as
+        ``predicted``, over the images with a predicted type; rows are the true types,
+        columns the union of true and predicted types, both sorted. None when no image has a
+        predicted type.
     """
 
     thresholds: np.ndarray
     overall: GroupSummary
     per_class: dict[str, GroupSummary]
     missing_predictions: tuple[str, ...]
+    confusion: dict[str, dict[str, int]] | None = None
+
+    @property
+    def type_accuracy(self) -> float | None:
+        """Fraction of images with a predicted type whose type is right (None without types)."""
+        if self.confusion is None:
+            return None
+        total = sum(sum(row.values()) for row in self.confusion.values())
+        return sum(row.get(t, 0) for t, row in self.confusion.items()) / total
 
     def to_json(self) -> dict:
         """JSON-ready dict: ``mean_ap``, ``per_class`` (cell type -> mean AP), ``n_images``, ..."""
@@ -130,6 +148,8 @@ class EvaluationSummary:
             "per_class_per_threshold": {c: by_threshold(g.per_threshold)
                                         for c, g in self.per_class.items()},
             "missing_predictions": list(self.missing_predictions),
+            "cell_type_confusion": self.confusion,
+            "cell_type_accuracy": self.type_accuracy,
         }
 
 
@@ -172,7 +192,8 @@ def check_prediction_ids(truth_ids: Iterable[str], pred_ids: Iterable[str], *,
 
 
 def score_image(truth: TruthImage, pred: np.ndarray | None, *,
-                thresholds: np.ndarray = IOU_THRESHOLDS) -> ImageResult:
+                thresholds: np.ndarray = IOU_THRESHOLDS,
+                pred_cell_type: str | None = None) -> ImageResult:
     """Score one image; ``pred=None`` (no prediction) scores as an empty prediction.
 
     Parameters
@@ -180,6 +201,8 @@ def score_image(truth: TruthImage, pred: np.ndarray | None, *,
     truth : TruthImage
     pred : (H, W) ndarray of int, or None
     thresholds : (T,) array_like of float, optional
+    pred_cell_type : str, optional
+        The image's predicted cell type, kept in the result.
 
     Returns
     -------
@@ -197,12 +220,13 @@ def score_image(truth: TruthImage, pred: np.ndarray | None, *,
         raise InputError(f"id {truth.id}: prediction of shape {tuple(pred.shape)} does not match "
                          f"the truth's shape {tuple(truth.shape)}")
     return ImageResult(truth.id, truth.cell_type, has_prediction,
-                       image_score(truth.instances, pred, thresholds=thresholds))
+                       image_score(truth.instances, pred, thresholds=thresholds), pred_cell_type)
 
 
 def score_images(truths: Iterable[TruthImage], preds: Mapping[str, np.ndarray], *,
                  thresholds: np.ndarray = IOU_THRESHOLDS,
-                 progress: Callable[[Iterable], Iterable] | None = None) -> list[ImageResult]:
+                 progress: Callable[[Iterable], Iterable] | None = None,
+                 pred_cell_types: Mapping[str, str] | None = None) -> list[ImageResult]:
     """Score every truth image against its prediction.
 
     Parameters
@@ -215,6 +239,8 @@ def score_images(truths: Iterable[TruthImage], preds: Mapping[str, np.ndarray], 
     thresholds : (T,) array_like of float, optional
     progress : callable, optional
         Wraps the iterable of truths (e.g. ``tqdm``).
+    pred_cell_types : mapping of str to str, optional
+        Predicted cell type per id (ids absent get none).
 
     Returns
     -------
@@ -222,7 +248,29 @@ def score_images(truths: Iterable[TruthImage], preds: Mapping[str, np.ndarray], 
         In the order of ``truths``.
     """
     wrapped = progress(truths) if progress is not None else truths
-    return [score_image(t, preds.get(t.id), thresholds=thresholds) for t in wrapped]
+    types = pred_cell_types or {}
+    return [score_image(t, preds.get(t.id), thresholds=thresholds, pred_cell_type=types.get(t.id))
+            for t in wrapped]
+
+
+def cell_type_confusion(results: Iterable[ImageResult]) -> dict[str, dict[str, int]] | None:
+    """``confusion[true][predicted]`` image counts over results with a predicted type.
+
+    Returns
+    -------
+    dict of str to dict of str to int, or None
+        Rows: true types; columns: union of true and predicted types (both sorted, zeros
+        included). None when no result has a predicted type.
+    """
+    typed = [r for r in results if r.pred_cell_type is not None]
+    if not typed:
+        return None
+    rows = sorted({r.cell_type for r in typed})
+    cols = sorted(set(rows) | {r.pred_cell_type for r in typed})
+    confusion = {t: dict.fromkeys(cols, 0) for t in rows}
+    for r in typed:
+        confusion[r.cell_type][r.pred_cell_type] += 1
+    return confusion
 
 
 def _group(results: list[ImageResult]) -> GroupSummary:
@@ -257,7 +305,8 @@ def summarize(results: Iterable[ImageResult]) -> EvaluationSummary:
         thresholds=thresholds,
         overall=_group(results),
         per_class={c: _group([r for r in results if r.cell_type == c]) for c in classes},
-        missing_predictions=tuple(r.id for r in results if not r.has_prediction))
+        missing_predictions=tuple(r.id for r in results if not r.has_prediction),
+        confusion=cell_type_confusion(results))
 
 
 def per_image_table(results: Iterable[ImageResult]) -> tuple[list[str], list[list]]:
@@ -266,15 +315,16 @@ def per_image_table(results: Iterable[ImageResult]) -> tuple[list[str], list[lis
     Returns
     -------
     columns : list of str
-        ``id, cell_type, n_true, n_pred, score``, then ``tp@0.50 ...``, ``fp@...``, ``fn@...``.
+        ``id, cell_type, pred_cell_type, n_true, n_pred, score``, then ``tp@0.50 ...``,
+        ``fp@...``, ``fn@...``; ``pred_cell_type`` is empty when unknown.
     rows : list of list
         One per result, values in column order.
     """
     results = list(results)
     thresholds = results[0].score.thresholds if results else IOU_THRESHOLDS
-    columns = ["id", "cell_type", "n_true", "n_pred", "score"] + [
+    columns = ["id", "cell_type", "pred_cell_type", "n_true", "n_pred", "score"] + [
         f"{kind}@{t:.2f}" for kind in ("tp", "fp", "fn") for t in thresholds]
-    rows = [[r.id, r.cell_type, r.score.n_true, r.score.n_pred, f"{r.score.score:.6f}",
+    rows = [[r.id, r.cell_type, r.pred_cell_type or "", r.score.n_true, r.score.n_pred, f"{r.score.score:.6f}",
              *r.score.tp.tolist(), *r.score.fp.tolist(), *r.score.fn.tolist()]
             for r in results]
     return columns, rows
@@ -295,3 +345,12 @@ def format_summary_table(summary: EvaluationSummary) -> str:
 
     body = [line(c, g) for c, g in summary.per_class.items()]
     return "\n".join([head, *body, "-" * len(head), line("all", summary.overall)])
+
+
+def format_confusion_table(confusion: Mapping[str, Mapping[str, int]]) -> str:
+    """Plain-text confusion table: one row per true cell type, one column per predicted type."""
+    cols = list(next(iter(confusion.values())))
+    width = max(8, *(len(c) + 1 for c in cols))
+    head = f"{'true/pred':<12}" + "".join(f"{c:>{width}}" for c in cols)
+    body = [f"{t:<12}" + "".join(f"{row[c]:>{width}}" for c in cols) for t, row in confusion.items()]
+    return "\n".join([head, *body])

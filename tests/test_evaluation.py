@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from flowseg.errors import InputError
-from flowseg.evaluation import (TruthImage, check_prediction_ids, format_summary_table,
-                                per_image_table, score_image, score_images, summarize)
+from flowseg.evaluation import (TruthImage, cell_type_confusion, check_prediction_ids,
+                                format_confusion_table, format_summary_table, per_image_table,
+                                score_image, score_images, summarize)
 from flowseg.metrics import IOU_THRESHOLDS
 
 
@@ -67,12 +68,40 @@ def test_per_image_table_columns_and_rows():
     pred = np.where(truth.instances == 2, 0, truth.instances)  # one of the two found
     results = score_images([truth], {"a": pred})
     columns, rows = per_image_table(results)
-    assert columns[:5] == ["id", "cell_type", "n_true", "n_pred", "score"]
-    assert columns[5:8] == ["tp@0.50", "tp@0.55", "tp@0.60"] and columns[-1] == "fn@0.95"
-    assert len(columns) == 5 + 30 and len(rows) == 1 and len(rows[0]) == len(columns)
-    assert rows[0][:5] == ["a", "astro", 2, 1, "0.500000"]
+    assert columns[:6] == ["id", "cell_type", "pred_cell_type", "n_true", "n_pred", "score"]
+    assert columns[6:9] == ["tp@0.50", "tp@0.55", "tp@0.60"] and columns[-1] == "fn@0.95"
+    assert len(columns) == 6 + 30 and len(rows) == 1 and len(rows[0]) == len(columns)
+    assert rows[0][:6] == ["a", "astro", "", 2, 1, "0.500000"]
+    results = score_images([truth], {"a": pred}, pred_cell_types={"a": "cort"})
+    assert per_image_table(results)[1][0][:3] == ["a", "astro", "cort"]
 
 
 def test_summarize_needs_results():
     with pytest.raises(ValueError, match="at least one"):
         summarize([])
+
+
+def test_cell_type_confusion_and_accuracy():
+    truths = [_truth("a", "astro", 1), _truth("b", "cort", 1), _truth("c", "cort", 1),
+              _truth("d", "shsy5y", 1)]
+    preds = {t.id: t.instances for t in truths}
+    results = score_images(truths, preds, pred_cell_types={"a": "astro", "b": "astro", "c": "cort",
+                                                           "d": "other"})
+    confusion = cell_type_confusion(results)
+    assert confusion == {"astro": {"astro": 1, "cort": 0, "other": 0, "shsy5y": 0},
+                         "cort": {"astro": 1, "cort": 1, "other": 0, "shsy5y": 0},
+                         "shsy5y": {"astro": 0, "cort": 0, "other": 1, "shsy5y": 0}}
+    summary = summarize(results)
+    assert summary.confusion == confusion and summary.type_accuracy == 0.5
+    as_json = summary.to_json()
+    assert as_json["cell_type_confusion"] == confusion and as_json["cell_type_accuracy"] == 0.5
+    table = format_confusion_table(confusion).splitlines()
+    assert table[0].split() == ["true/pred", "astro", "cort", "other", "shsy5y"]
+    assert table[2].split() == ["cort", "1", "1", "0", "0"]
+
+
+def test_no_predicted_types_no_confusion():
+    results = score_images([_truth("a", "astro", 1)], {}, pred_cell_types={})
+    assert cell_type_confusion(results) is None
+    summary = summarize(results)
+    assert summary.type_accuracy is None and summary.to_json()["cell_type_confusion"] is None

@@ -3,13 +3,20 @@
 Usage::
 
     evaluate --truth train.csv|MASKS_DIR --pred MASKS_DIR|submission.csv --out REPORT_DIR [--quiet]
+    evaluate tune --model M.pt --data VALDIR (--out M_tuned.pt | --in-place) [...]
+
+The ``tune`` subcommand (first argument ``tune``) is :mod:`flowseg.cli.tune`: per-cell-type
+thresholds tuned on validation images and stored in the model file.
 
 Truth is a competition ``train.csv`` (instances scored as given, overlaps included) or a
 Cellpose-style folder (``<name>_masks.tif`` beside ``<name>.tif``, optional
 ``cell_types.csv``; cell type ``unknown`` without it). Predictions are a folder of
 ``<id>_masks.tif`` files or a competition ``submission.csv``. Writes
 ``REPORT_DIR/per_image.csv`` and ``REPORT_DIR/summary.json`` and prints the mean score per
-cell type.
+cell type. When the prediction folder holds a ``cell_types.csv`` (header ``name,cell_type``, as
+``flowseg-segment`` writes it), each image's predicted cell type is added to ``per_image.csv``
+(``pred_cell_type``), and a confusion table of true vs predicted image cell type is printed and
+stored in ``summary.json`` (``cell_type_confusion``, ``cell_type_accuracy``).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import argparse
 import csv
 import json
 import logging
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +35,10 @@ from tqdm import tqdm
 
 from flowseg.cli._common import run_main, setup_logging
 from flowseg.errors import InputError
-from flowseg.evaluation import (TruthImage, check_prediction_ids, format_summary_table,
-                                per_image_table, score_images, summarize)
+from flowseg.evaluation import (TruthImage, check_prediction_ids, format_confusion_table,
+                                format_summary_table, per_image_table, score_images, summarize)
 from flowseg.io.atomic import atomic_path
-from flowseg.io.folders import list_folder, list_masks
+from flowseg.io.folders import CELL_TYPES_FILE, list_folder, list_masks, read_cell_types
 from flowseg.io.images import read_labels
 from flowseg.io.sartorius import read_train_csv
 from flowseg.io.submission import read_submission
@@ -48,7 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="flowseg-evaluate",
         description="Score predicted instances with the Sartorius metric: mean over IoU "
                     "thresholds 0.50:0.05:0.95 of TP/(TP+FP+FN), per image, overall and per "
-                    "cell type.")
+                    "cell type.",
+        epilog="To tune per-cell-type thresholds on validation images and store them in a "
+               "model file: flowseg-evaluate tune --model M.pt --data VALDIR --out M_tuned.pt "
+               "(see flowseg-evaluate tune --help).")
     p.add_argument("--truth", required=True, type=Path,
                    help="ground truth: a competition train.csv, or a Cellpose-style folder of "
                         "<name>_masks.tif (+ optional cell_types.csv)")
@@ -143,6 +154,23 @@ def _predictions(path: Path, truth: _TruthSource) -> Mapping[str, np.ndarray]:
     raise InputError(f"pred {path}: expected a submission .csv file or a folder of *_masks.tif")
 
 
+def _predicted_types(path: Path, truth_ids: list[str], pred_ids) -> dict[str, str] | None:
+    """Predicted cell type per id from the prediction folder's sidecar (None without one)."""
+    sidecar = path / CELL_TYPES_FILE
+    if not path.is_dir() or not sidecar.is_file():
+        return None
+    types = read_cell_types(sidecar)
+    extra = sorted(set(types) - set(truth_ids))
+    if extra:
+        raise InputError(f"{sidecar}: cell type(s) for {len(extra)} name(s) not in the truth: "
+                         f"{', '.join(extra[:10])}")
+    untyped = [i for i in pred_ids if i not in types]
+    if untyped:
+        logger.warning("%s: %d predicted image(s) have no cell type: %s", sidecar, len(untyped),
+                       ", ".join(sorted(untyped)[:10]))
+    return types
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -158,19 +186,29 @@ def _write_report(out: Path, columns: list[str], rows: list[list], summary: dict
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["tune"]:
+        from flowseg.cli import tune
+
+        return tune.main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging(args.quiet)
     truth = _truth_source(args.truth)
     preds = _predictions(args.pred, truth)
     check_prediction_ids(truth.ids, preds, source=f"pred {args.pred}")
+    types = _predicted_types(args.pred, truth.ids, preds)
     results = score_images(truth.images(), preds, progress=lambda it: tqdm(
-        it, total=len(truth.ids), desc="evaluate", unit="image", disable=args.quiet))
+        it, total=len(truth.ids), desc="evaluate", unit="image", disable=args.quiet),
+        pred_cell_types=types)
     summary = summarize(results)
     _write_report(args.out, *per_image_table(results), summary.to_json())
     logger.info("mean AP %.4f over %d images; wrote %s and %s", summary.overall.mean_ap,
                 summary.overall.n_images, args.out / PER_IMAGE_FILE, args.out / SUMMARY_FILE)
     if not args.quiet:
         print(format_summary_table(summary))
+        if summary.confusion is not None:
+            print(f"\nimage cell type, true (rows) vs predicted (columns); accuracy "
+                  f"{summary.type_accuracy:.4f}\n" + format_confusion_table(summary.confusion))
     return 0
 
 

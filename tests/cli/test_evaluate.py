@@ -217,3 +217,33 @@ def test_real_train_csv_against_its_rasterised_labels(tmp_path):
     row = _read_per_image(tmp_path / "r")["1bf60e3be6ce"]
     assert (row["cell_type"], row["n_true"], row["n_pred"]) == ("cort", "19", "19")
     assert float(row["score"]) == 1.0  # the 18 shared pixels cost no match
+
+
+def test_predicted_cell_types_give_a_confusion_table(tmp_path, truth_csv, capsys):
+    pred = _pred_folder(tmp_path / "pred")
+    write_cell_types(pred, {"a": "astro", "b": "cort"})
+    out = tmp_path / "r"
+    assert main(["--truth", str(truth_csv), "--pred", str(pred), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    rows = _read_per_image(out)
+    assert [rows[i]["pred_cell_type"] for i in "abc"] == ["astro", "cort", ""]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cell_type_confusion"] == {"astro": {"astro": 1, "cort": 0, "shsy5y": 0},
+                                              "shsy5y": {"astro": 0, "cort": 1, "shsy5y": 0}}
+    assert summary["cell_type_accuracy"] == 0.5
+    assert "accuracy 0.5000" in captured.out and "true/pred" in captured.out
+
+
+def test_no_sidecar_no_confusion(tmp_path, truth_csv, capsys):
+    out = tmp_path / "r"
+    main(["--truth", str(truth_csv), "--pred", str(_pred_folder(tmp_path / "pred")), "--out", str(out)])
+    assert "true/pred" not in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text())["cell_type_confusion"] is None
+    assert {row["pred_cell_type"] for row in _read_per_image(out).values()} == {""}
+
+
+def test_sidecar_naming_unknown_images_is_an_error(tmp_path, truth_csv, capsys):
+    pred = _pred_folder(tmp_path / "pred")
+    write_cell_types(pred, {"a": "astro", "zz": "cort"})
+    err = _run_error(capsys, ["--truth", str(truth_csv), "--pred", str(pred), "--out", str(tmp_path / "r")])
+    assert "cell_types.csv" in err and "zz" in err
