@@ -2,6 +2,14 @@
 
     flowseg-segment IMAGES...|DIR [--model PATH] --out DIR [--tta] [--overlay]
                     [--submission submission.csv] [--batch-size 8] [--device auto]
+                    [--dask SCHEDULER_ADDRESS|local [--workers N]] [--chunk 8] [--overwrite]
+
+Writes ``<name>_masks.tif`` (and ``<name>_overlay.png``) per image, ``cell_types.csv`` (each
+image's predicted cell type) and, when images failed, ``failed.csv`` into ``--out``; prints a
+table of cells per image and type. Images whose outputs are complete from an earlier run are
+skipped (``--overwrite`` redoes them). A failed image is reported and the others go on; the exit
+code is 1 when any failed. ``--dask`` maps chunks of images over a Dask cluster
+(``local``: a cluster of ``--workers`` processes on this machine); see :mod:`flowseg.batch`.
 """
 
 from __future__ import annotations
@@ -12,15 +20,14 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from tqdm import tqdm
-
 from flowseg.cli._common import run_main, setup_logging
+from flowseg.errors import InputError
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
-#: Images held in memory (and segmented together) at a time.
-CHUNK = 32
+#: Images per task (held in memory and segmented together).
+CHUNK = 8
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--tile", type=int, default=None, help="network tile side (default: flowseg.api.DEFAULT_TILE)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--dask", default=None, metavar="SCHEDULER_ADDRESS|local",
+                   help="run on a Dask cluster: a scheduler address (tcp://host:8786) or 'local' "
+                        "(a cluster of --workers processes on this machine)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes of --dask local (default 2)")
+    p.add_argument("--chunk", type=int, default=CHUNK, help=f"images per task (default {CHUNK})")
+    p.add_argument("--overwrite", action="store_true", help="redo images whose outputs are complete")
     p.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
     return p
 
@@ -45,7 +58,8 @@ def find_images(inputs: Sequence[str]) -> list[Path]:
         path = Path(item)
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
-                           and not p.stem.endswith(("_masks", "_overlay")))
+                           and not p.stem.endswith(("_masks", "_overlay"))
+                           and not p.name.startswith("."))
             if not found:
                 raise FileNotFoundError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
             paths.extend(found)
@@ -74,40 +88,65 @@ def print_summary(rows: list[tuple[str, str, Counter]], class_names: Sequence[st
           + " ".join(f"{total.get(n, 0):>8}" for n in names))
 
 
+def _client(dask: str | None, workers: int):
+    """A context manager yielding the Dask client of ``--dask`` (None without it)."""
+    import contextlib
+
+    from flowseg import batch
+
+    if dask is None:
+        return contextlib.nullcontext(None)
+    if workers < 1:
+        raise InputError(f"--workers: expected an int >= 1, got {workers}")
+    try:
+        batch.require_distributed()
+    except ModuleNotFoundError as exc:
+        raise InputError(f"--dask: {exc}") from None
+    return batch.local_client(workers) if dask == "local" else batch.connect(dask)
+
+
+def _worker_threads(args: argparse.Namespace) -> int | None:
+    """``--dask local``: the machine's cores shared among the workers; else torch's default."""
+    import os
+
+    if args.dask != "local" or args.workers < 1:
+        return None
+    return max(1, (os.cpu_count() or 1) // args.workers)
+
+
+def _write_submission(path: str, out: Path, names: Sequence[str]) -> None:
+    """The competition CSV from the written mask files."""
+    from flowseg.batch import masks_path
+    from flowseg.io.images import read_labels
+    from flowseg.io.submission import write_submission
+
+    write_submission(path, ((name, read_labels(masks_path(out, name))) for name in names))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.quiet)
-    from flowseg.api import DEFAULT_TILE, load_model, segment
-    from flowseg.io.images import read_image, write_labels
-    from flowseg.io.png import write_rgb_png
-    from flowseg.io.submission import write_submission
-    from flowseg.visualize import overlay_outlines
+    from flowseg.api import DEFAULT_TILE
+    from flowseg.batch import BatchConfig, segment_files
 
     paths = find_images(args.inputs)
-    model = load_model(args.model, device=args.device)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows, submission = [], []
-    class_index = {n: k for k, n in enumerate(model.class_names)}
-    with tqdm(total=len(paths), unit="img", disable=args.quiet) as bar:
-        for start in range(0, len(paths), CHUNK):
-            chunk = paths[start:start + CHUNK]
-            images = [read_image(p) for p in chunk]
-            results = segment(images, model, batch_size=args.batch_size, tta=args.tta,
-                              tile=args.tile or DEFAULT_TILE)
-            for path, image, res in zip(chunk, images, results):
-                write_labels(out / f"{path.stem}_masks.tif", res.labels)
-                if args.overlay:
-                    classes = [class_index[t] for t in res.cell_types]
-                    write_rgb_png(out / f"{path.stem}_overlay.png", overlay_outlines(image, res.labels, classes))
-                if args.submission:
-                    submission.append((path.stem, res.labels))
-                rows.append((path.stem, res.image_cell_type, Counter(res.cell_types)))
-            bar.update(len(chunk))
+    config = BatchConfig(device=args.device, batch_size=args.batch_size,
+                         tile=args.tile or DEFAULT_TILE, tta=args.tta, overlay=args.overlay,
+                         chunk=args.chunk, worker_threads=_worker_threads(args))
+    with _client(args.dask, args.workers) as client:
+        result = segment_files(paths, out, model_path=args.model, client=client, config=config,
+                               overwrite=args.overwrite, progress=not args.quiet)
+    ok = [o for o in result.outcomes if o.status != "failed"]
     if args.submission:
-        write_submission(args.submission, submission)
-    print_summary(rows, model.class_names)
-    return 0
+        _write_submission(args.submission, out, [o.name for o in ok])
+    print_summary([(o.name, o.cell_type, Counter(o.counts)) for o in ok], result.class_names)
+    skipped = len(result.with_status("skipped"))
+    print(f"{len(ok) - skipped} segmented, {skipped} skipped (complete), "
+          f"{len(result.failed)} failed")
+    for o in result.failed:
+        print(f"failed: {o.name}: {o.reason}")
+    return 1 if result.failed else 0
 
 
 def run(argv: Sequence[str] | None = None) -> int:

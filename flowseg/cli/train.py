@@ -5,6 +5,12 @@ Cellpose-style folder (``<name>.tif``, ``<name>_masks.tif``, ``cell_types.csv``)
 the sorted distinct cell types of the training folder. ``--resume`` continues ``--out`` from its
 ``last.pt`` with the stored settings (only ``--epochs``, ``--device`` and ``--num-workers`` may
 change).
+
+Several processes (GPUs) with DistributedDataParallel: launch under ``torchrun``, e.g.
+``torchrun --nproc-per-node 4 --no-python flowseg-train --data DIR --out RUN`` (or
+``torchrun --nproc-per-node 4 -m flowseg.cli.train ...``, or ``torchrun ... train ...`` from the
+repository root). ``--batch-size`` is then the global batch, split across the processes; each
+CUDA process uses ``cuda:LOCAL_RANK``; rank 0 alone validates, logs and writes the run files.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -83,7 +90,8 @@ def _folders(data: Path, val: Path | None) -> tuple[Path, Path | None]:
     return train, val
 
 
-def _prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
+def _prepare_out(out: Path, *, resume: bool, overwrite: bool, main_rank: bool = True) -> None:
+    """Check ``--out``; with ``--overwrite`` the main rank deletes the old run files."""
     from flowseg.training.engine import RUN_FILES
 
     if resume:
@@ -96,7 +104,7 @@ def _prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
         if not overwrite:
             raise FileExistsError(f"--out {out}: folder is not empty (use --resume to continue "
                                   "the run, or --overwrite to replace it)")
-        for name in RUN_FILES:
+        for name in RUN_FILES if main_rank else ():
             (out / name).unlink(missing_ok=True)
 
 
@@ -122,12 +130,14 @@ def _configs(args: argparse.Namespace, n_classes: int) -> tuple[TrainConfig, Mod
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the program; returns the exit code."""
     from flowseg.data.dataset import class_names_of, load_folder
+    from flowseg.training.distributed import launch_env, process_group
     from flowseg.training.engine import fit
 
     args = build_parser().parse_args(argv)
-    setup_logging(args.quiet)
+    env = launch_env()  # torchrun's RANK / WORLD_SIZE; a plain run is rank 0 of 1
+    setup_logging(args.quiet or env.rank != 0)
     train_dir, val_dir = _folders(args.data, args.val)
-    _prepare_out(args.out, resume=args.resume, overwrite=args.overwrite)
+    _prepare_out(args.out, resume=args.resume, overwrite=args.overwrite, main_rank=env.rank == 0)
     train_items = load_folder(train_dir)
     if not train_items:
         raise FileNotFoundError(f"{train_dir}: no training images")
@@ -137,10 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "written; last.pt is the final model")
     class_names = class_names_of(train_items)
     train_config, model_config = _configs(args, len(class_names))
-    log.info("training on %d images (%s), validating on %d; classes %s", len(train_items),
-             train_dir, len(val_items), class_names)
-    model = fit(train_items, val_items, train_config, model_config, args.out,
-                resume=args.resume, progress=not args.quiet)
+    log.info("training on %d images (%s), validating on %d; classes %s; %d process(es)",
+             len(train_items), train_dir, len(val_items), class_names, env.world_size)
+    with process_group(train_config.device):
+        model = fit(train_items, val_items, train_config, model_config, args.out,
+                    resume=args.resume, progress=not args.quiet)
     log.info("done: %s (val score %s)", args.out / ("best.pt" if val_items else "last.pt"),
              model.metadata.get("val_score"))
     return 0
@@ -149,3 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run() -> int:
     """Console-script entry point."""
     return run_main("flowseg-train", main)
+
+
+if __name__ == "__main__":  # torchrun -m flowseg.cli.train ...
+    sys.exit(run())

@@ -11,6 +11,11 @@ Flow targets are computed on the training device from the augmented label crops
 (``flowseg.flows.labels_to_flows``), so geometric augmentation never has to transform flow
 vectors. Randomness: weights from ``torch.manual_seed(seed)``; data order and crops are pure
 functions of ``(seed, epoch, index)``, so a resumed run equals an uninterrupted one.
+
+Under ``torchrun`` (an initialised ``torch.distributed`` process group) ``fit`` trains with
+DistributedDataParallel: ``TrainConfig.batch_size`` is the global batch, split across the ranks,
+BatchNorm statistics and the loss are those of the global batch, and only rank 0 validates and
+writes the run files (see :mod:`flowseg.training.distributed`).
 """
 
 from __future__ import annotations
@@ -33,10 +38,13 @@ from tqdm.auto import tqdm
 
 from flowseg.config import ModelConfig, SegmentConfig, TrainConfig
 from flowseg.data.dataset import CropDataset, Sample, class_names_of, epoch_order
-from flowseg.device import autocast, resolve_device
+from flowseg.device import autocast
 from flowseg.io.atomic import atomic_path
 from flowseg.model.checkpoint import Model, load_model, load_train_state, save_model
 from flowseg.model.unet import UNet
+from flowseg.training.distributed import (all_reduce_sums, barrier, broadcast_object, is_main,
+                                          rank, rank_device, shard_batches, shard_loss,
+                                          world_size, wrap_model)
 from flowseg.training.losses import segmentation_loss
 
 __all__ = ["EpochRecord", "ValResult", "HISTORY_FIELDS", "make_optimizer", "make_scheduler",
@@ -116,10 +124,13 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def train_one_epoch(net: UNet, loader: DataLoader, optimizer: torch.optim.Optimizer,
+def train_one_epoch(net: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, *, config: TrainConfig,
                     device: torch.device, epoch: int = 0, progress: bool = True) -> dict[str, float]:
     """One pass over ``loader``; returns the sample-weighted mean loss terms.
+
+    In a process group ``net`` is the DDP-wrapped network, ``loader`` yields this rank's share
+    of each global batch, and the returned means are over the global batches (all ranks).
 
     Returns
     -------
@@ -134,9 +145,8 @@ def train_one_epoch(net: UNet, loader: DataLoader, optimizer: torch.optim.Optimi
     from flowseg.flows import labels_to_flows
 
     net.train()
-    sums: dict[str, float] = {}
-    seen = 0
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress)
+    sums = dict.fromkeys(("loss", "flow", "cellprob", "classes", "samples"), 0.0)
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress or not is_main())
     for step, (images, labels, class_index) in enumerate(bar):
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
@@ -150,15 +160,18 @@ def train_one_epoch(net: UNet, loader: DataLoader, optimizer: torch.optim.Optimi
         if not torch.isfinite(terms.total):
             raise FloatingPointError(f"epoch {epoch + 1} step {step + 1}: non-finite loss "
                                      f"{terms.as_floats()}")
+        part = shard_loss(terms, samples=len(images), cells=(labels > 0).sum(),
+                          flow_weight=config.flow_weight, cellprob_weight=config.cellprob_weight,
+                          class_weight=config.class_weight)
         optimizer.zero_grad(set_to_none=True)
-        terms.total.backward()
+        part.loss.backward()
         optimizer.step()
         scheduler.step()
-        values = terms.as_floats()
-        for key, value in values.items():
-            sums[key] = sums.get(key, 0.0) + value * len(images)
-        seen += len(images)
-        bar.set_postfix(loss=f"{values['loss']:.4f}")
+        for key, value in part.sums.items():
+            sums[key] += value
+        bar.set_postfix(loss=f"{float(terms.total.detach()):.4f}")
+    sums = all_reduce_sums(sums)
+    seen = sums.pop("samples")
     return {key: value / max(seen, 1) for key, value in sums.items()}
 
 
@@ -293,10 +306,22 @@ def _train_state(run: _Run, epoch: int) -> dict[str, Any]:
 
 
 def _loader(dataset: CropDataset, config: TrainConfig, epoch: int, device: torch.device) -> DataLoader:
+    """This rank's share of each global batch of the epoch's deterministic order."""
     dataset.set_epoch(epoch)
-    order = epoch_order(len(dataset), seed=config.seed, epoch=epoch).tolist()
-    return DataLoader(dataset, batch_size=config.batch_size, sampler=order,
-                      num_workers=config.num_workers, pin_memory=device.type == "cuda")
+    order = epoch_order(len(dataset), seed=config.seed, epoch=epoch)
+    batches = shard_batches(order, config.batch_size, rank=rank(), world_size=world_size())
+    return DataLoader(dataset, batch_sampler=batches, num_workers=config.num_workers,
+                      pin_memory=device.type == "cuda")
+
+
+def _validate(model: Model, val_items: Sequence[Sample], config: TrainConfig, epoch: int
+              ) -> ValResult | None:
+    """Rank 0 scores the val images when due; every rank receives the result."""
+    due = (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs
+    if not val_items or not due:
+        return None
+    val = evaluate_val(model, val_items, batch_size=config.batch_size) if is_main() else None
+    return broadcast_object(val)
 
 
 def fit(train_items: Sequence[Sample], val_items: Sequence[Sample], config: TrainConfig,
@@ -315,7 +340,8 @@ def fit(train_items: Sequence[Sample], val_items: Sequence[Sample], config: Trai
         ``n_classes`` must equal the number of distinct training cell types; class names are
         those types, sorted.
     out_dir : path-like
-        Run directory; must not hold a ``last.pt`` unless ``resume``.
+        Run directory; must not hold a ``last.pt`` unless ``resume``. In a process group
+        only rank 0 writes it; every rank reads ``last.pt`` to resume.
     resume : bool
         Continue from ``out_dir/last.pt`` (the epoch after the last finished one).
     progress : bool
@@ -332,7 +358,10 @@ def fit(train_items: Sequence[Sample], val_items: Sequence[Sample], config: Trai
     """
     class_names = _check_fit_inputs(train_items, model_config, config)
     segment_config = SegmentConfig() if segment_config is None else segment_config
-    device = resolve_device(config.device)
+    if config.batch_size < world_size():
+        raise ValueError(f"batch_size: the global batch must hold at least one crop per process "
+                         f"({world_size()}), got {config.batch_size}")
+    device = rank_device(config.device)
     out_dir = Path(out_dir)
     if not resume and (out_dir / "last.pt").exists():
         raise FileExistsError(f"{out_dir}: already holds a run (last.pt); resume it or use a new folder")
@@ -346,37 +375,44 @@ def fit(train_items: Sequence[Sample], val_items: Sequence[Sample], config: Trai
     run = _Run(net, optimizer, make_scheduler(optimizer, config, steps))
     if resume:
         _resume(run, out_dir, config, model_config, class_names, device)
-    if not val_items:
+    if not val_items and is_main():
         log.warning("no validation images: best.pt is not written; the last epoch's model is kept")
+    train_net = wrap_model(net, device)  # DDP with global BatchNorm in a process group
     model = Model(net, model_config, class_names, segment_config, config)
     for epoch in range(run.start_epoch, config.epochs):
         t0 = time.perf_counter()
         lr = run.optimizer.param_groups[0]["lr"]
-        terms = train_one_epoch(net, _loader(dataset, config, epoch, device), run.optimizer,
+        terms = train_one_epoch(train_net, _loader(dataset, config, epoch, device), run.optimizer,
                                 run.scheduler, config=config, device=device, epoch=epoch,
                                 progress=progress)
-        val = None
-        if val_items and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
-            val = evaluate_val(model, val_items, batch_size=config.batch_size)
+        val = _validate(model, val_items, config, epoch)
         record = EpochRecord(epoch + 1, terms["loss"], terms["flow"], terms["cellprob"],
                              terms["classes"], val.score if val else math.nan,
                              val.class_accuracy if val else math.nan,
                              time.perf_counter() - t0, lr)
         run.history.append(record)
         _end_epoch(run, model, record, out_dir)
+        barrier()  # the run files of this epoch exist for every rank
         if on_epoch_end is not None:
             on_epoch_end(record)
     if val_items and (out_dir / "best.pt").exists():
         return load_model(out_dir / "best.pt", device=device)
+    if world_size() > 1:  # a plain network (no DDP BatchNorm layers) for the caller
+        return load_model(out_dir / "last.pt", device=device)
     net.eval()
     return model
 
 
 def _end_epoch(run: _Run, model: Model, record: EpochRecord, out_dir: Path) -> None:
-    """Write best.pt (when the val score improved), last.pt, history.csv and history.png."""
+    """Write best.pt (when the val score improved), last.pt, history.csv and history.png
+    (rank 0 only; every rank tracks the best score)."""
     model.metadata = {"epoch": record.epoch, "val_score": record.val_score}
-    if not math.isnan(record.val_score) and record.val_score > run.best_score:
+    improved = not math.isnan(record.val_score) and record.val_score > run.best_score
+    if improved:
         run.best_score = record.val_score
+    if not is_main():
+        return
+    if improved:
         save_model(out_dir / "best.pt", model)
     save_model(out_dir / "last.pt", model, train_state=_train_state(run, record.epoch))
     write_history(out_dir / "history.csv", run.history)
