@@ -1,5 +1,6 @@
 """``flowseg-segment``: segment images with a model; write masks, overlays and a submission.
 
+    flowseg-segment --demo --out DIR          # the shipped samples with the shipped model
     flowseg-segment IMAGES...|DIR [--model PATH] --out DIR [--tta] [--overlay]
                     [--submission submission.csv] [--batch-size 8] [--device auto]
                     [--dask SCHEDULER_ADDRESS|local [--workers N]] [--chunk 8] [--overwrite]
@@ -32,7 +33,9 @@ CHUNK = 8
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="flowseg-segment", description=__doc__.split("\n\n")[0])
-    p.add_argument("inputs", nargs="+", help="image files, or folders of images (*_masks.* skipped)")
+    p.add_argument("inputs", nargs="*", help="image files, or folders of images (*_masks.* skipped)")
+    p.add_argument("--demo", action="store_true",
+                   help="segment the sample images shipped with flowseg (implies --overlay)")
     p.add_argument("--model", default=None, help="checkpoint (.pt); default: the model shipped with flowseg")
     p.add_argument("--out", required=True, help="output folder for <name>_masks.tif (and overlays)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation (4x network cost)")
@@ -129,7 +132,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from flowseg.api import DEFAULT_TILE
     from flowseg.batch import BatchConfig, segment_files
 
-    paths = find_images(args.inputs)
+    if args.demo:
+        from flowseg.model.pretrained import sample_paths
+
+        args.overlay = True
+        paths = find_images([*map(str, sample_paths()), *args.inputs])
+    elif not args.inputs:
+        raise ValueError("inputs: expected image files or folders (or --demo for the shipped samples)")
+    else:
+        paths = find_images(args.inputs)
     out = Path(args.out)
     config = BatchConfig(device=args.device, batch_size=args.batch_size,
                          tile=args.tile or DEFAULT_TILE, tta=args.tta, overlay=args.overlay,

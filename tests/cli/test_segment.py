@@ -81,3 +81,20 @@ def test_user_errors_exit_2(inputs, tmp_path, capsys, monkeypatch):
     assert run_main("flowseg-segment", main, _args(model, paths[0], tmp_path / "o", "--dask",
                                                    "local")) == 2
     assert "pip install 'flowseg[cluster]'" in capsys.readouterr().err
+
+
+def test_demo_segments_the_shipped_samples_with_overlays(inputs, tmp_path, capsys):
+    from flowseg.model.pretrained import sample_paths
+
+    model, _ = inputs
+    out = tmp_path / "demo"
+    assert main(["--demo", "--model", str(model), "--out", str(out), "--device", "cpu", "--quiet"]) == 0
+    names = [p.stem for p in sample_paths()]
+    assert len(names) >= 2
+    assert all((out / f"{n}_masks.tif").is_file() and (out / f"{n}_overlay.png").is_file() for n in names)
+    assert f"{len(names)} segmented" in capsys.readouterr().out
+
+
+def test_no_inputs_without_demo_is_an_error(tmp_path, capsys):
+    assert run_main("flowseg-segment", main, ["--out", str(tmp_path / "o")]) == 2
+    assert "--demo" in capsys.readouterr().err
