@@ -20,6 +20,7 @@ masks_to_flows(L), cellprob)``.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -104,7 +105,22 @@ def speed_row(name: str, labels: np.ndarray, repeats: int) -> str:
             f"{t_cp / t_ours:6.1f}x | {m_ours:8.4f} {m_cp:8.4f} {m_cp / m_ours:6.1f}x | {s_ours:.4f} {s_cp:.4f}")
 
 
+def warm_up() -> None:
+    """First calls compile the numba kernels (or load them from numba's on-disk cache); timed
+    once here and kept out of the medians."""
+    labels = synthetic_labels("round", shape=(64, 64), seed=0)
+    start = time.perf_counter()
+    flows = labels_to_flows(labels)
+    middle = time.perf_counter()
+    flows_to_labels(flows, cellprob_for(labels))
+    end = time.perf_counter()
+    print(f"First calls (numba compile, or load from its cache when already compiled; not in the "
+          f"medians): labels_to_flows {middle - start:.2f} s, flows_to_labels {end - middle:.2f} s")
+
+
 def speed_table(repeats: int) -> None:
+    print(f"Load average (1, 5, 15 min) at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    warm_up()
     print(f"Speed, CPU, torch threads={torch.get_num_threads()}, medians of {repeats} runs "
           f"(cellpose flows->labels: {max(1, repeats // 2)}; 2080x2816: 3 / 1). Shared 2-core machine: "
           "other jobs were running, absolute times are noisy; both libraries ran interleaved.")
@@ -113,6 +129,7 @@ def speed_table(repeats: int) -> None:
     for name, labels in speed_inputs().items():
         big = labels.size > 4 * 520 * 704
         print(speed_row(name, labels, 3 if big else repeats), flush=True)
+    print(f"Load average (1, 5, 15 min) at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
 def real_label_sets() -> dict[str, list[tuple[str, np.ndarray]]]:

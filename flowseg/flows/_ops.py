@@ -1,9 +1,9 @@
 """Gather/scatter helpers: numpy on CPU (torch's CPU advanced indexing is ~10-25x slower for
 the large, mostly local index arrays used here), plain torch indexing on other devices.
 
-:func:`host_path` is the single switch between the CPU route (numpy gathers, scipy
-Dijkstra and labelling) and the device route (torch only); tests flip it to run the device
-route on CPU.
+:func:`host_path` is the single switch between the CPU route (numba kernels of
+:mod:`flowseg.flows._kernels`, scipy labelling) and the device route (torch only); tests flip
+it to run the device route on CPU and compare the two.
 """
 
 from __future__ import annotations

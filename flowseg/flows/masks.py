@@ -15,6 +15,11 @@ Steps (:func:`flows_to_labels`), none of which loops over cells:
 5. Flow-error QC: flows are recomputed from the instances (:func:`labels_to_flows`) and
    instances whose mean squared flow difference exceeds ``flow_threshold`` are dropped.
 6. Holes enclosed by a single instance are filled; ids renumbered 1..N per image.
+
+CPU input takes the host route (:func:`_host_labels`: numba kernels for following, pointer
+jumping with an early stop once nothing changes, seed bookkeeping, the flow-error QC's
+targets and sums, hole filling and renumbering; scipy for labelling); other devices the torch
+route (:func:`_torch_labels`). Both give the same labels (tested).
 """
 
 from __future__ import annotations
@@ -27,10 +32,10 @@ import torch
 from scipy import ndimage
 
 from flowseg.config import SegmentConfig
-from flowseg.flows import _ops
+from flowseg.flows import _kernels, _ops
 from flowseg.flows._ops import put, take
 from flowseg.flows.follow import pointer_jump, successors
-from flowseg.flows.targets import _check_labels, labels_to_flows
+from flowseg.flows.targets import _check_labels, host_flows, labels_to_flows
 
 __all__ = ["flows_to_labels", "flow_error", "fill_holes", "connected_components"]
 
@@ -159,8 +164,17 @@ def _per_instance_mean(values: torch.Tensor, labels: torch.Tensor, n: int) -> to
     return total / count.clamp_min(1)
 
 
+def _host_flow_error(flows: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """:func:`_batch_flow_error` on the host (numba): (B, 2, H, W) float32, (B, H, W) int32 or
+    int64."""
+    flows = np.ascontiguousarray(flows, dtype=np.float32)
+    return _kernels.instance_flow_error(flows, host_flows(labels), labels, n)
+
+
 def _batch_flow_error(flows: torch.Tensor, labels: torch.Tensor, n: int) -> torch.Tensor:
     """Per id (0..n-1): mean over the instance of sum_c (flows - labels_to_flows(labels))^2."""
+    if _ops.host_path(flows):
+        return torch.from_numpy(_host_flow_error(flows.numpy(), labels.numpy(), n))
     diff = ((flows - labels_to_flows(labels)) ** 2).sum(dim=1)
     return _per_instance_mean(diff, labels, n)
 
@@ -222,35 +236,67 @@ def fill_holes(labels: np.ndarray) -> np.ndarray:
     enclosed[0] = False
     if not enclosed.any():
         return labels
-    owners = []                                   # (hole id, neighbouring label) pairs
-    for axis in (1, 2):
-        for shift in (1, -1):
-            neighbour = np.roll(labels, shift, axis=axis)   # wrap-around only meets border holes
-            touch = enclosed[holes] & (neighbour > 0)
-            owners.append(np.stack([holes[touch], neighbour[touch]], 1))
-    owners = np.concatenate(owners)
-    lowest = np.full(n + 1, np.iinfo(np.int64).max)
-    highest = np.full(n + 1, -1)
-    np.minimum.at(lowest, owners[:, 0], owners[:, 1])
-    np.maximum.at(highest, owners[:, 0], owners[:, 1])
-    fill = enclosed & (lowest == highest)
-    value = np.where(fill, highest, 0)
-    return np.where(fill[holes], value[holes], labels).astype(labels.dtype)
+    kernel_labels = labels if labels.dtype in (np.int32, np.int64) else labels.astype(np.int64)
+    return _kernels.fill_enclosed(holes, enclosed, kernel_labels).astype(labels.dtype, copy=False)
 
 
 def _renumber(labels: np.ndarray) -> np.ndarray:
-    """Per image, ids -> 1..N in order of first appearance of the sorted ids (int32)."""
-    out = np.zeros(labels.shape, dtype=np.int32)
-    for b in range(labels.shape[0]):      # one call per image, never per cell
-        ids = np.unique(labels[b])
-        ids = ids[ids > 0]
-        out[b] = np.searchsorted(ids, labels[b]) + 1
-        out[b][labels[b] == 0] = 0
-    return out
+    """Per image, ids -> 1..N in increasing order of the ids (int32); 0 stays 0."""
+    return _kernels.renumber(labels if labels.dtype in (np.int32, np.int64) else labels.astype(np.int64))
 
 
 def _per_image(configs: Sequence[SegmentConfig], field: str, device) -> torch.Tensor:
     return torch.tensor([getattr(c, field) for c in configs], dtype=torch.float64, device=device)
+
+
+def _torch_labels(flows: torch.Tensor, cellprob: torch.Tensor, configs) -> torch.Tensor:
+    """Steps 1-5 with tensor operations on the inputs' device: (B, H, W) int64 ids."""
+    dev = flows.device
+    threshold = _per_image(configs, "cellprob_threshold", dev)
+    foreground = cellprob.double() > threshold[:, None, None]
+    jumps = torch.tensor(_jumps(configs), device=dev)
+    labels, sinks = _seed_labels(flows, foreground, jumps, _per_image(configs, "min_flow", dev))
+    n = int(labels.max()) + 1
+    image = _image_of_ids(labels, n)
+    size = torch.bincount(labels.reshape(-1), minlength=n)
+    plateau = size < _MIN_BASIN_RATIO * torch.bincount(sinks.reshape(-1), minlength=n)
+    labels = _drop(labels, plateau | (size < _per_image(configs, "min_size", dev)[image]))
+    flow_threshold = _per_image(configs, "flow_threshold", dev)[image]
+    if bool((flow_threshold > 0).any()) and int(labels.max()) > 0:
+        err = _batch_flow_error(flows, labels, n)
+        labels = _drop(labels, (flow_threshold > 0) & (err > flow_threshold))
+    return labels
+
+
+def _jumps(configs) -> list[int]:
+    return [max(1, math.ceil(math.log2(c.niter))) for c in configs]
+
+
+def _host_labels(flows: np.ndarray, cellprob: np.ndarray, configs) -> np.ndarray:
+    """Steps 1-5 on the host (numba kernels, scipy labelling): (B, H, W) int32 ids unique
+    over the batch, the same as :func:`_torch_labels`."""
+    shape = cellprob.shape
+    field = {k: np.array([getattr(c, k) for c in configs], dtype=np.float64)
+             for k in ("cellprob_threshold", "min_flow", "min_size", "flow_threshold")}
+    foreground = cellprob > field["cellprob_threshold"][:, None, None]
+    pixels, end, sinks = _kernels.follow_flows(np.ascontiguousarray(flows), foreground,
+                                               field["min_flow"], np.array(_jumps(configs), dtype=np.int64))
+    seeds = _kernels.label_sparse(sinks.reshape(shape))      # = ndimage.label(..., _EIGHT)
+    labels, size, sink_count, image = _kernels.seed_labels(pixels, end, seeds)
+    n = size.size
+    remove = (size < _MIN_BASIN_RATIO * sink_count) | (size < field["min_size"][image])
+    _host_drop(labels, remove)
+    threshold = field["flow_threshold"][image]
+    if (threshold > 0).any() and labels.max() > 0:
+        err = _host_flow_error(flows, labels, n)
+        _host_drop(labels, (threshold > 0) & (err > threshold))
+    return labels
+
+
+def _host_drop(labels: np.ndarray, remove: np.ndarray) -> None:
+    """:func:`_drop` on the host, in place."""
+    remove[0] = False
+    _kernels.drop_ids(labels, remove)
 
 
 def flows_to_labels(flows, cellprob, *, config=None, device=None) -> np.ndarray:
@@ -274,21 +320,10 @@ def flows_to_labels(flows, cellprob, *, config=None, device=None) -> np.ndarray:
     """
     flows, cellprob, batched = _check_inputs(flows, cellprob, device)
     configs = _check_configs(config, flows.shape[0])
-    dev = flows.device
-    threshold = _per_image(configs, "cellprob_threshold", dev)
-    foreground = cellprob.double() > threshold[:, None, None]
-    jumps = torch.tensor([max(1, math.ceil(math.log2(c.niter))) for c in configs], device=dev)
-    labels, sinks = _seed_labels(flows, foreground, jumps, _per_image(configs, "min_flow", dev))
-    n = int(labels.max()) + 1
-    image = _image_of_ids(labels, n)
-    size = torch.bincount(labels.reshape(-1), minlength=n)
-    plateau = size < _MIN_BASIN_RATIO * torch.bincount(sinks.reshape(-1), minlength=n)
-    labels = _drop(labels, plateau | (size < _per_image(configs, "min_size", dev)[image]))
-    flow_threshold = _per_image(configs, "flow_threshold", dev)[image]
-    if bool((flow_threshold > 0).any()) and int(labels.max()) > 0:
-        err = _batch_flow_error(flows, labels, n)
-        labels = _drop(labels, (flow_threshold > 0) & (err > flow_threshold))
-    out = labels.cpu().numpy()
+    if _ops.host_path(flows):
+        out = _host_labels(flows.numpy(), cellprob.numpy(), configs)
+    else:
+        out = _torch_labels(flows, cellprob, configs).cpu().numpy()
     fill = np.array([c.fill_holes for c in configs])
     if fill.any():
         out[fill] = fill_holes(out[fill])

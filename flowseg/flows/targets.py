@@ -9,10 +9,11 @@ Algorithm (default, the only one)
    as ONE multi-source shortest-path problem on the graph whose edges join 8-neighbours with
    the same (non-zero) label (weights 1 and sqrt(2)). Because no edge joins two cells, the
    distance of one cell never depends on the pixels of another (Cellpose issue #1486).
-   CPU: Dial's bucket queue, each unit-width distance bucket settled by one vectorised numpy
-   relaxation (exact; the same distances as ``scipy.sparse.csgraph.dijkstra(min_only=True)``
-   at about half its time). CUDA: min-plus relaxation over the 8 same-label neighbours until
-   nothing changes (Bellman-Ford; same fixed point).
+   CPU: Dial's bucket queue (unit-width buckets; every edge is >= 1 long, so a bucket's
+   pixels are final when it is reached), compiled with numba, one cell after another (exact;
+   the same distances as ``scipy.sparse.csgraph.dijkstra(min_only=True)``, tested). CUDA:
+   min-plus relaxation over the 8 same-label neighbours until nothing changes (Bellman-Ford;
+   same fixed point).
 3. The potential is ``phi = d - BORDER_WEIGHT * e`` where ``e`` is the Euclidean distance to
    the cell's own border (``BORDER_WEIGHT = 0.7``). Because ``e`` is 1-Lipschitz and the
    weight is < 1, ``phi`` still strictly decreases along every shortest path, so the centre
@@ -37,6 +38,14 @@ local context; an EDT field (Omnipose) has its sinks on the whole skeleton, whic
 thin and spindly cells into pieces unless followed with extra clustering.
 Measured round-trip, noise and speed numbers: ``benchmarks/flows.py``.
 
+Two routes, the same bits (tested): the host route (CPU input, :func:`host_flows`) runs the
+whole computation in compiled numba kernels (:mod:`flowseg.flows._kernels`) on the image grid
+(same-label neighbours as bit masks, Dial's queue, an exact row-major Felzenszwalb EDT, the
+per-pixel least squares and snapping); the torch route (other devices, or ``method="torch"``)
+builds a :class:`PixelGraph` and uses tensor operations. The least-squares sums are added in
+ring order in both (not a matmul, whose summation order depends on the BLAS kernel and the
+batch size and used to flip exact ties between sectors).
+
 Conventions: flows are float32 ``(2, H, W)`` in (dy, dx) order, unit length at every
 in-cell pixel except the centre pixel of each cell (zero: the sink) and pieces of a cell
 disconnected from its centre (zero), exactly zero outside cells. The output has the input's
@@ -51,24 +60,22 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy import ndimage
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import connected_components
 
-from flowseg.flows import _ops
+from flowseg.flows import _kernels, _ops
+from flowseg.flows._kernels import SECTOR_LIMITS
 from flowseg.flows._ops import put, take
 from flowseg.flows.follow import RING
 
 __all__ = ["PixelGraph", "component_centres", "descent_directions", "geodesic_distance",
-           "labels_to_flows", "pixel_graph", "scatter_flows"]
+           "host_distance", "host_flows", "labels_to_flows", "pixel_graph", "scatter_flows"]
 
 #: The 8 neighbour offsets (dy, dx), in order of angle atan2(dy, dx): column k of a pixel
 #: graph is the neighbour in 45-degree sector k, as in the follower.
 OFFSETS: tuple[tuple[int, int], ...] = RING
 _GRADIENT_EPS = 1e-6   # below this |grad d| the least-squares fit is treated as vanishing
 _RIDGE = 1e-9          # Tikhonov term that keeps the 2x2 least-squares solve finite
-_TIE_MARGIN = 2.0      # degrees kept from a sector boundary shared with another downhill step
-_SNAP_MARGIN = 15.0    # degrees kept from a sector boundary that leads out of the cell / uphill
 _STEPS = np.hypot(*np.array(OFFSETS, dtype=np.float64).T)   # edge lengths 1 and sqrt(2)
+
 
 
 @dataclass(frozen=True)
@@ -149,16 +156,6 @@ def _gather(values: torch.Tensor, neighbours: torch.Tensor, fill: float) -> torc
     return take(torch.cat([values, values.new_full((1,), fill)]), neighbours)
 
 
-def _csr(graph: PixelGraph) -> csr_matrix:
-    """The symmetric weighted adjacency matrix, built directly in CSR form (no sorting)."""
-    nbr = graph.neighbours.cpu().numpy()
-    keep = nbr >= 0
-    indptr = np.zeros(nbr.shape[0] + 1, dtype=np.int64)
-    np.cumsum(keep.sum(axis=1), out=indptr[1:])
-    weights = np.broadcast_to(_STEPS, nbr.shape)[keep]
-    return csr_matrix((weights, nbr[keep], indptr), shape=(nbr.shape[0],) * 2)
-
-
 def _components_torch(graph: PixelGraph) -> torch.Tensor:
     """Connected components by min-label propagation (any device); ids are arbitrary."""
     comp = torch.arange(graph.pixels.numel(), device=graph.pixels.device)
@@ -217,41 +214,6 @@ def component_centres(graph: PixelGraph, comp: torch.Tensor | None = None) -> to
     return first[keep]
 
 
-def _buckets(graph: PixelGraph, sources: torch.Tensor) -> torch.Tensor:
-    """Exact shortest paths by Dial's bucket queue, vectorised over each unit-width bucket.
-
-    All edge weights (1, sqrt 2) are >= the bucket width 1, so the pixels of bucket k can
-    never improve one another: each bucket is settled in one vectorised relaxation of its
-    pixels' 8 neighbours. Python work grows with the largest distance, numpy work with the
-    number of pixels. Same distances as ``scipy.sparse.csgraph.dijkstra`` (tested) at about
-    half its time on dense images, and no sparse matrix to build.
-    """
-    nbr = graph.neighbours.cpu().numpy()
-    dist = np.full(nbr.shape[0], np.inf)
-    start = sources.cpu().numpy()
-    dist[start] = 0.0
-    buckets, k = {0: [start]}, 0
-    while buckets:
-        parts = buckets.pop(k, [])
-        front = np.concatenate(parts) if parts else start[:0]
-        front = np.unique(front[dist[front] < k + 1])           # drop stale (improved) entries
-        if front.size:
-            reach = nbr[front]
-            cand = dist[front][:, None] + _STEPS
-            keep = reach >= 0
-            reach, cand = reach[keep], cand[keep]
-            better = cand < dist[reach]
-            reach, cand = reach[better], cand[better]
-            np.minimum.at(dist, reach, cand)
-            bucket = dist[reach].astype(np.int64)
-            for later in (k + 1, k + 2):                          # steps are < 2 long
-                moved = reach[bucket == later]
-                if moved.size:
-                    buckets.setdefault(later, []).append(moved)
-        k += 1
-    return torch.from_numpy(dist).to(graph.pixels.device)
-
-
 def _relax(graph: PixelGraph, sources: torch.Tensor) -> torch.Tensor:
     """Min-plus relaxation (Bellman-Ford) over the same-label neighbours until nothing changes."""
     steps = torch.tensor(_STEPS, dtype=torch.float64, device=sources.device)
@@ -264,13 +226,40 @@ def _relax(graph: PixelGraph, sources: torch.Tensor) -> torch.Tensor:
         dist = new
 
 
-def _distance_numpy(graph: PixelGraph) -> torch.Tensor:
-    dist = _buckets(graph, component_centres(graph))
-    if torch.isinf(dist).any():      # some cell is in pieces: centre it in its largest piece
-        _, comp = connected_components(_csr(graph), directed=True, connection="weak")
-        comp = torch.from_numpy(comp.astype(np.int64)).to(graph.pixels.device)
-        dist = _buckets(graph, component_centres(graph, comp))
-    return dist
+def host_distance(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Geodesic distance to each cell's centre on the host (numba kernels).
+
+    Parameters
+    ----------
+    labels : (B, H, W) ndarray of int32 or int64
+
+    Returns
+    -------
+    distance : (B * H * W,) ndarray of float64
+        Flat; 0 at the centres, inf outside cells and in pieces disconnected from the centre.
+    neighbours : (B * H * W,) ndarray of uint8
+        Same-label neighbour bit masks (bit k: direction ``OFFSETS[k]``).
+    """
+    nb, h, w = labels.shape
+    nbr = _kernels.same_label_neighbours(labels)
+    flat = labels.reshape(-1)
+    top = int(flat.max()) + 1 if flat.size else 1
+    centres = _kernels.centre_pixels(flat, top, nb * top, h, w)
+    dist, reached = _kernels.dial_distance(nbr, centres[centres >= 0], w)
+    if reached < np.count_nonzero(flat):   # some cell is in pieces: centre it in its largest piece
+        pieces, k = _kernels.piece_ids(nbr, flat, w)
+        centres = _kernels.centre_pixels(pieces, 0, k + 1, h, w)
+        centres = centres[_kernels.largest_pieces(pieces, k, flat, top, h * w)]
+        dist, _ = _kernels.dial_distance(nbr, centres, w)
+    return dist, nbr
+
+
+def host_flows(labels: np.ndarray) -> np.ndarray:
+    """:func:`labels_to_flows` on the host: (B, H, W) int32 or int64 -> (B, 2, H, W) float32."""
+    nb, h, w = labels.shape
+    potential, nbr = host_distance(labels)
+    _kernels.subtract_inner_edt(potential, nbr, nb, h, w, BORDER_WEIGHT)
+    return _kernels.descent_flows(nbr, potential, nb, h, w)
 
 
 def _distance_torch(graph: PixelGraph) -> torch.Tensor:
@@ -278,6 +267,11 @@ def _distance_torch(graph: PixelGraph) -> torch.Tensor:
     if torch.isinf(dist).any():      # some cell is in pieces: centre it in its largest piece
         dist = _relax(graph, component_centres(graph, _components_torch(graph)))
     return dist
+
+
+def _check_method(method: str) -> None:
+    if method not in ("auto", "numba", "torch"):
+        raise ValueError(f"method: expected 'auto', 'numba' or 'torch', got {method!r}")
 
 
 def geodesic_distance(graph: PixelGraph, *, method: str = "auto") -> torch.Tensor:
@@ -291,23 +285,27 @@ def geodesic_distance(graph: PixelGraph, *, method: str = "auto") -> torch.Tenso
     ----------
     graph : PixelGraph
         From :func:`pixel_graph`.
-    method : {"auto", "numpy", "torch"}
-        ``"numpy"``: bucket-queue shortest paths (and scipy connected components when a cell
+    method : {"auto", "numba", "torch"}
+        ``"numba"``: compiled bucket-queue shortest paths (and union-find pieces when a cell
         is in pieces) on the host; ``"torch"``: propagation and min-plus relaxation on the
-        graph's device; ``"auto"``: numpy for CPU tensors, torch otherwise.
+        graph's device; ``"auto"``: numba for CPU tensors, torch otherwise.
 
     Returns
     -------
     distance : (N,) tensor of float64
         One value per ``graph.pixels`` entry, 0 at the centres; on the graph's device.
     """
-    if method not in ("auto", "numpy", "torch"):
-        raise ValueError(f"method: expected 'auto', 'numpy' or 'torch', got {method!r}")
+    _check_method(method)
     if graph.pixels.numel() == 0:
         return torch.zeros(0, dtype=torch.float64, device=graph.pixels.device)
     if method == "auto":
-        method = "numpy" if _ops.host_path(graph.pixels) else "torch"
-    return (_distance_numpy if method == "numpy" else _distance_torch)(graph)
+        method = "numba" if _ops.host_path(graph.pixels) else "torch"
+    if method == "torch":
+        return _distance_torch(graph)
+    grid = torch.zeros(math.prod(graph.shape), dtype=torch.int64)       # cells as labels
+    put(grid, graph.pixels.cpu(), graph.cells.cpu() + 1)
+    dist, _ = host_distance(grid.reshape(graph.shape).numpy())
+    return take(torch.from_numpy(dist), graph.pixels.cpu()).to(graph.pixels.device)
 
 
 #: Weight (< 1) of the distance-to-border term of the potential; see the module docstring.
@@ -333,6 +331,19 @@ def border_distance(graph: PixelGraph) -> torch.Tensor:
     return take(torch.from_numpy(edt.reshape(-1)), graph.pixels.cpu()).to(graph.pixels.device)
 
 
+def _normal_equations(valid: torch.Tensor, diff: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Least-squares sums over the valid neighbours, added in ring order (not a matmul, whose
+    summation order depends on the BLAS kernel and the batch size), so that every route and
+    batch gives the same bits: ``ayy, axx, axy`` (+ ridge) and ``by, bx``."""
+    sums = [torch.zeros(diff.shape[0], dtype=torch.float64, device=diff.device) for _ in range(5)]
+    v, f = valid.double(), torch.where(valid, diff, 0.0)
+    for k, (dy, dx) in enumerate(OFFSETS):
+        for i, (col, weight) in enumerate([(v, dy * dy), (v, dx * dx), (v, dy * dx), (f, dy), (f, dx)]):
+            sums[i] = sums[i] + col[:, k] * float(weight)
+    ayy, axx, axy, by, bx = sums
+    return ayy + _RIDGE, axx + _RIDGE, axy, by, bx
+
+
 def descent_directions(graph: PixelGraph, dist: torch.Tensor) -> torch.Tensor:
     """Unit vectors along ``-grad dist`` from same-label neighbours only.
 
@@ -348,36 +359,30 @@ def descent_directions(graph: PixelGraph, dist: torch.Tensor) -> torch.Tensor:
     offsets = torch.tensor(OFFSETS, dtype=torch.float64, device=dist.device)     # (8, 2)
     diff = _gather(dist, graph.neighbours, math.inf) - dist[:, None]             # inf: no neighbour
     downhill = diff < 0
-    valid = (graph.neighbours >= 0).double()
-    finite = torch.where(valid > 0, diff, 0.0)
-    ayy = valid @ offsets[:, 0] ** 2 + _RIDGE
-    axx = valid @ offsets[:, 1] ** 2 + _RIDGE
-    axy = valid @ (offsets[:, 0] * offsets[:, 1])
-    by, bx = finite @ offsets[:, 0], finite @ offsets[:, 1]
+    ayy, axx, axy, by, bx = _normal_equations(graph.neighbours >= 0, diff)
     vec = torch.stack([axy * bx - axx * by, axy * by - ayy * bx], dim=1)       # -grad * det
     vec = vec / (ayy * axx - axy * axy)[:, None]
     flat = torch.nonzero(vec.norm(dim=1) <= _GRADIENT_EPS, as_tuple=True)[0]
     if flat.numel():
         drop = -diff[flat] / offsets.norm(dim=1)
         vec[flat] = offsets[drop.argmax(dim=1)]
-    return _snap_to_downhill(vec, downhill, offsets)
+    return _snap_to_downhill(vec, downhill)
 
 
 def _sector_limit(downhill: torch.Tensor, ring: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
     """Largest allowed angle (radians) from ring direction ``ring`` towards ``side`` (+-1)."""
     beside = downhill.gather(1, ((ring + side) % 8)[:, None])[:, 0]
-    return torch.where(beside, math.pi / 8 - math.radians(_TIE_MARGIN),
-                       math.pi / 8 - math.radians(_SNAP_MARGIN))
+    return torch.where(beside, SECTOR_LIMITS[0], SECTOR_LIMITS[1])
 
 
-def _snap_to_downhill(vec: torch.Tensor, downhill: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+def _snap_to_downhill(vec: torch.Tensor, downhill: torch.Tensor) -> torch.Tensor:
     """Unit vectors whose nearest 8-neighbour direction is a downhill same-label neighbour.
 
     A vector whose nearest direction (45-degree sector) is not downhill is turned into the
     sector of the downhill neighbour closest in angle. Every vector is then kept at least
     ``_SNAP_MARGIN`` degrees away from a sector boundary beyond which the neighbour is *not*
     downhill (another cell, background, uphill), and ``_TIE_MARGIN`` degrees from the other
-    boundaries. Inside cells this changes nothing but exact ties; near borders it keeps the
+    boundaries (margins: ``flowseg.flows._kernels.SECTOR_LIMITS``). Inside cells this changes nothing but exact ties; near borders it keeps the
     discrete follower, and noisy predictions of these targets, from stepping out of the cell.
     It guarantees that following the nearest direction strictly descends the potential inside
     the cell, so labels -> flows -> labels is exact. Vectors without a downhill neighbour
@@ -411,6 +416,16 @@ def scatter_flows(flows: torch.Tensor, graph: PixelGraph, directions: torch.Tens
     put(flat, base + h * w, directions[:, 1].to(flows.dtype))
 
 
+def _torch_flows(labels: torch.Tensor) -> torch.Tensor:
+    """The torch route of :func:`labels_to_flows`: (B, H, W) int64 -> (B, 2, H, W) float32."""
+    graph = pixel_graph(labels)
+    potential = geodesic_distance(graph, method="torch") - BORDER_WEIGHT * border_distance(graph)
+    directions = descent_directions(graph, potential)
+    flows = torch.zeros((labels.shape[0], 2, *labels.shape[1:]), dtype=torch.float32, device=labels.device)
+    scatter_flows(flows, graph, directions)
+    return flows
+
+
 def labels_to_flows(labels, *, device=None, method: str = "auto"):
     """Unit flow targets pointing, inside each cell, along the shortest in-cell path to its centre.
 
@@ -421,8 +436,10 @@ def labels_to_flows(labels, *, device=None, method: str = "auto"):
         are handled in one computation.
     device : str or torch.device, optional
         Where to compute. Default: the tensor's device (numpy input: CPU).
-    method : {"auto", "numpy", "torch"}
-        Shortest-path back end, see :func:`geodesic_distance`; both give the same flows.
+    method : {"auto", "numba", "torch"}
+        ``"numba"``: compiled kernels on the host (:func:`host_flows`); ``"torch"``: tensor
+        operations on ``device`` (graph, min-plus relaxation, least squares); ``"auto"``:
+        numba for CPU input, torch otherwise. Both give the same flows (tested).
 
     Returns
     -------
@@ -431,13 +448,12 @@ def labels_to_flows(labels, *, device=None, method: str = "auto"):
         pieces disconnected from it (0); 0 outside cells.
         Same kind as ``labels`` (numpy -> numpy on the host; torch -> torch on ``device``).
     """
+    _check_method(method)
     batch = _check_labels(labels, device)
-    graph = pixel_graph(batch.labels)
-    potential = geodesic_distance(graph, method=method) - BORDER_WEIGHT * border_distance(graph)
-    directions = descent_directions(graph, potential)
-    flows = torch.zeros((batch.labels.shape[0], 2, *batch.labels.shape[1:]), dtype=torch.float32,
-                        device=batch.labels.device)
-    scatter_flows(flows, graph, directions)
+    if method == "numba" or (method == "auto" and _ops.host_path(batch.labels)):
+        flows = torch.from_numpy(host_flows(batch.labels.cpu().numpy())).to(batch.labels.device)
+    else:
+        flows = _torch_flows(batch.labels)
     if not batch.batched:
         flows = flows[0]
     return flows.cpu().numpy() if batch.as_numpy else flows

@@ -174,16 +174,20 @@ def test_cpu_equals_cuda():
 
 
 def test_device_route_on_cpu_equals_cpu_route(monkeypatch):
-    """The torch-only route (what CUDA runs) gives the same flows and labels as the CPU route."""
+    """The torch-only route (what CUDA runs) gives the same flows and labels as the numba route,
+    bit for bit, also with noisy flows (QC drops instances, holes, plateaus)."""
     from flowseg.flows import _ops
     labels = np.stack([synthetic_labels(k, shape=(64, 72), seed=9) for k in ("round", "irregular", "spindly")])
     labels[1, 5:9, 5:9] = labels[1].max() + 1           # a cell in two pieces
     labels[1, 50:53, 60:63] = labels[1].max()
     flows, cellprob = labels_to_flows(labels), cellprob_for(labels)
     expected = flows_to_labels(flows, cellprob)
+    noisy = flows + np.random.default_rng(0).normal(0, 0.4, flows.shape).astype(np.float32)
+    expected_noisy = flows_to_labels(noisy, cellprob, config=SegmentConfig(min_size=5))
     monkeypatch.setattr(_ops, "host_path", lambda tensor: False)
-    np.testing.assert_allclose(labels_to_flows(labels), flows, atol=1e-6)
+    np.testing.assert_array_equal(labels_to_flows(labels), flows)
     np.testing.assert_array_equal(flows_to_labels(flows, cellprob), expected)
+    np.testing.assert_array_equal(flows_to_labels(noisy, cellprob, config=SegmentConfig(min_size=5)), expected_noisy)
 
 
 def test_min_flow_makes_short_flows_sinks():

@@ -5,7 +5,8 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import dijkstra
 
 from flowseg.flows import labels_to_flows
-from flowseg.flows.targets import OFFSETS, component_centres, geodesic_distance, pixel_graph
+from flowseg.flows import _kernels
+from flowseg.flows.targets import OFFSETS, border_distance, component_centres, geodesic_distance, pixel_graph
 from flowseg.synthetic import synthetic_labels
 
 
@@ -89,17 +90,25 @@ def test_disconnected_piece_gets_zero_flow():
     assert np.hypot(*flows)[2:15, 2:15].sum() > 150
 
 
-def test_torch_relaxation_equals_numpy_buckets_on_cpu(synthetic):
+def test_torch_route_equals_numba_route_on_cpu(synthetic):
     labels = np.stack([synthetic, synthetic[::-1]])
     labels[1, 10:14, 100:104] = labels[1].max() + 1      # extra isolated cell
     labels[1, 40:42, 100:102] = labels[1].max()          # and a stray piece of it
-    np.testing.assert_allclose(labels_to_flows(labels, method="torch"), labels_to_flows(labels, method="numpy"),
-                               atol=1e-6)
+    np.testing.assert_array_equal(labels_to_flows(labels, method="torch"), labels_to_flows(labels, method="numba"))
     graph = pixel_graph(torch.from_numpy(labels).long())
-    np.testing.assert_allclose(geodesic_distance(graph, method="torch"), geodesic_distance(graph, method="numpy"))
+    np.testing.assert_array_equal(geodesic_distance(graph, method="torch"), geodesic_distance(graph, method="numba"))
 
 
-def test_bucket_queue_equals_scipy_dijkstra(synthetic):
+@pytest.mark.parametrize("seed", range(4))
+def test_numba_route_equals_torch_route_on_random_labels(seed):
+    """Random labels: many cells in pieces, one-pixel cells, cells touching the image border."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 5, size=(2, 30, 37))
+    labels[:, 5:20, 5:25] = rng.integers(1, 3)           # and one solid block
+    np.testing.assert_array_equal(labels_to_flows(labels, method="numba"), labels_to_flows(labels, method="torch"))
+
+
+def test_numba_shortest_paths_equal_scipy_dijkstra(synthetic):
     graph = pixel_graph(torch.from_numpy(synthetic).long()[None])
     nbr = graph.neighbours.numpy()
     keep = nbr >= 0
@@ -107,7 +116,20 @@ def test_bucket_queue_equals_scipy_dijkstra(synthetic):
     weights = np.broadcast_to(np.hypot(*np.array(OFFSETS).T), nbr.shape)[keep]
     matrix = csr_matrix((weights, (rows, nbr[keep])), shape=(nbr.shape[0],) * 2)
     expected = dijkstra(matrix, indices=component_centres(graph).numpy(), min_only=True)
-    np.testing.assert_allclose(geodesic_distance(graph, method="numpy").numpy(), expected, rtol=1e-12)
+    np.testing.assert_array_equal(geodesic_distance(graph, method="numba").numpy(), expected)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_numba_border_distance_equals_scipy_edt(seed):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.repeat(rng.integers(0, 3, size=(3, 12, 15)), 4, axis=1), 5, axis=2)
+    labels[1] = 0                                         # an empty image in the batch
+    labels[2, 3:40, 2:70] = 7                             # a big cell touching nothing
+    graph = pixel_graph(torch.from_numpy(labels).long())
+    nbr = _kernels.same_label_neighbours(labels.astype(np.int64))
+    edt = np.zeros(labels.size)
+    _kernels.subtract_inner_edt(edt, nbr, *labels.shape, -1.0)        # edt -= -1 * distance
+    np.testing.assert_array_equal(edt[graph.pixels.numpy()], border_distance(graph).numpy())
 
 
 @pytest.mark.gpu
