@@ -320,6 +320,9 @@ class TrainConfig:
         ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda:N"``.
     num_workers : int
         DataLoader worker processes for augmentation (0 = in the main process).
+    balance_classes : bool
+        Draw every cell type equally often in each epoch (sampling with replacement) instead of
+        visiting each image once; for data dominated by one type.
     flow_weight, cellprob_weight, class_weight : float
         Loss weights of the flow MSE, cell-probability BCE and class cross-entropy.
     augment : AugmentConfig
@@ -340,6 +343,7 @@ class TrainConfig:
     cellprob_weight: float = 1.0
     class_weight: float = 0.5
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    balance_classes: bool = False
 
     def __post_init__(self) -> None:
         _check_int("epochs", self.epochs, minimum=1)
@@ -355,6 +359,8 @@ class TrainConfig:
         if not isinstance(self.device, str):
             raise TypeError(f"device: expected a str ('auto', 'cpu', 'cuda:N'), got {self.device!r}")
         _check_int("num_workers", self.num_workers, minimum=0)
+        if not isinstance(self.balance_classes, bool):
+            raise TypeError(f"balance_classes: expected a bool, got {self.balance_classes!r}")
         if not isinstance(self.augment, AugmentConfig):
             raise TypeError(f"augment: expected an AugmentConfig, got {type(self.augment).__name__}")
 

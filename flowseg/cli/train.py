@@ -33,7 +33,7 @@ log = logging.getLogger("flowseg.train")
 _TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "crop": "crop_size",
                   "device": "device", "seed": "seed", "val_every": "val_every",
                   "num_workers": "num_workers", "warmup_epochs": "warmup_epochs",
-                  "weight_decay": "weight_decay"}
+                  "weight_decay": "weight_decay", "balance_classes": "balance_classes"}
 _MODEL_OPTIONS = {"widths": "widths", "blocks": "blocks", "skip": "skip"}
 
 
@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto (CUDA when available), cpu, cuda:N")
     p.add_argument("--seed", type=int)
     p.add_argument("--val-every", type=int, help="score the val images every N epochs")
+    p.add_argument("--balance-classes", action="store_true", default=None,
+                   help="draw every cell type equally often per epoch (for unbalanced data)")
     p.add_argument("--num-workers", type=int, help="DataLoader workers for augmentation")
     p.add_argument("--widths", type=_widths, help="channels per level, e.g. 32,64,128,256")
     p.add_argument("--blocks", type=int, help="residual units per level")

@@ -67,9 +67,33 @@ def class_names_of(samples: Sequence[Sample]) -> tuple[str, ...]:
     return tuple(sorted({s.cell_type for s in samples}))
 
 
-def epoch_order(n: int, *, seed: int, epoch: int) -> np.ndarray:
-    """The shuffled order of ``n`` samples in ``epoch`` (a pure function of seed and epoch)."""
-    return np.random.default_rng([seed, epoch, 0]).permutation(n)
+def epoch_order(n: int, *, seed: int, epoch: int, groups: Sequence[str] | None = None) -> np.ndarray:
+    """The order in which ``epoch`` visits ``n`` samples (a pure function of seed and epoch).
+
+    Without ``groups``: a permutation of ``0..n-1``. With ``groups`` (one label per sample,
+    e.g. its cell type): ``n`` draws in which every group is equally likely and samples within a
+    group are equally likely (class-balanced sampling, with replacement). A sample drawn again
+    in the same epoch is returned as ``index + n * k`` (its k-th repeat), so that
+    :class:`CropDataset` gives each draw its own random crop.
+
+    Returns
+    -------
+    (n,) ndarray of int64
+    """
+    rng = np.random.default_rng([seed, epoch, 0])
+    if groups is None:
+        return rng.permutation(n)
+    if len(groups) != n:
+        raise ValueError(f"groups: expected {n} labels (one per sample), got {len(groups)}")
+    names, inverse, counts = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
+    weights = 1.0 / (len(names) * counts[inverse])
+    draws = rng.choice(n, size=n, replace=True, p=weights / weights.sum())
+    repeat = np.zeros(n, dtype=np.int64)
+    seen: dict[int, int] = {}
+    for pos, idx in enumerate(draws.tolist()):
+        repeat[pos] = seen.get(idx, 0)
+        seen[idx] = repeat[pos] + 1
+    return draws + n * repeat
 
 
 class CropDataset(Dataset):
@@ -112,7 +136,9 @@ class CropDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        sample = self.samples[index]
+        """Crop of sample ``index % len(self)``; ``index`` keys the random numbers (repeats of a
+        sample in one epoch, see :func:`epoch_order`, get different crops)."""
+        sample = self.samples[index % len(self.samples)]
         rng = np.random.default_rng([self.seed, self.epoch, 1, index])
         image, labels = augment_pair(sample.image, sample.labels, crop_size=self.crop_size,
                                      rng=rng, config=self.augment)

@@ -308,7 +308,8 @@ def _train_state(run: _Run, epoch: int) -> dict[str, Any]:
 def _loader(dataset: CropDataset, config: TrainConfig, epoch: int, device: torch.device) -> DataLoader:
     """This rank's share of each global batch of the epoch's deterministic order."""
     dataset.set_epoch(epoch)
-    order = epoch_order(len(dataset), seed=config.seed, epoch=epoch)
+    groups = [s.cell_type for s in dataset.samples] if config.balance_classes else None
+    order = epoch_order(len(dataset), seed=config.seed, epoch=epoch, groups=groups)
     batches = shard_batches(order, config.batch_size, rank=rank(), world_size=world_size())
     return DataLoader(dataset, batch_sampler=batches, num_workers=config.num_workers,
                       pin_memory=device.type == "cuda")

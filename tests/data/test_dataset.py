@@ -55,3 +55,19 @@ def test_load_folder_reads_cellpose_style_folder(tmp_path):
     assert class_names_of(samples) == ("astro", "cort")
     assert np.array_equal(samples[0].labels, labels)
     assert samples[0].image.max() == pytest.approx(1.0)
+
+
+def test_balanced_epoch_order_draws_groups_equally_and_keys_repeats_apart():
+    from flowseg.data.dataset import epoch_order
+
+    groups = ["big"] * 18 + ["small"] * 2
+    counts = {"big": 0, "small": 0}
+    for epoch in range(50):
+        order = epoch_order(20, seed=0, epoch=epoch, groups=groups)
+        assert len(order) == 20 and len(set(order.tolist())) == 20  # repeats get distinct keys
+        for i in order % 20:
+            counts[groups[i]] += 1
+    assert abs(counts["small"] / 1000 - 0.5) < 0.06
+    np.testing.assert_array_equal(epoch_order(20, seed=0, epoch=3, groups=groups),
+                                  epoch_order(20, seed=0, epoch=3, groups=groups))
+    assert sorted(epoch_order(20, seed=0, epoch=3).tolist()) == list(range(20))
