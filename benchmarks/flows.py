@@ -33,7 +33,8 @@ from flowseg.flows import flows_to_labels, labels_to_flows
 from flowseg.metrics import image_score
 from flowseg.synthetic import KINDS, keep_largest_pieces, synthetic_labels
 
-DATA = Path("/work/shared/data")
+#: Default real-data root: the ``shared/data`` folder beside the repository checkout.
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CELLPOSE_FLOW_SCALE = 5.0    # cellpose's network predicts 5x unit flows; compute_masks divides
 
 
@@ -74,7 +75,7 @@ def tiled(labels: np.ndarray, n: int) -> np.ndarray:
     return np.block(tiles).astype(np.int32)
 
 
-def speed_inputs() -> dict[str, np.ndarray]:
+def speed_inputs(data: Path) -> dict[str, np.ndarray]:
     """Label images for the speed table (synthetic, drawn at half size and upscaled 2x)."""
     half = (260, 352)
     inputs = {
@@ -83,7 +84,7 @@ def speed_inputs() -> dict[str, np.ndarray]:
         "dense ~600 cells 520x704": upscaled(synthetic_labels("round", shape=half, seed=3, n_cells=700), 2),
     }
     inputs["spindly ~3200 cells 2080x2816 (16x px)"] = tiled(inputs["spindly ~200 cells 520x704"], 4)
-    sartorius = DATA / "sartorius" / "train.csv"
+    sartorius = data / "sartorius" / "train.csv"
     if sartorius.exists():
         from flowseg.io.sartorius import read_train_csv
         inputs["real astro 0a6ecc5fe78a 520x704"] = read_train_csv(sartorius)["0a6ecc5fe78a"].labels()
@@ -118,7 +119,7 @@ def warm_up() -> None:
           f"medians): labels_to_flows {middle - start:.2f} s, flows_to_labels {end - middle:.2f} s")
 
 
-def speed_table(repeats: int) -> None:
+def speed_table(repeats: int, data: Path) -> None:
     print(f"Load average (1, 5, 15 min) at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     warm_up()
     print(f"Speed, CPU, torch threads={torch.get_num_threads()}, medians of {repeats} runs "
@@ -126,24 +127,24 @@ def speed_table(repeats: int) -> None:
           "other jobs were running, absolute times are noisy; both libraries ran interleaved.")
     print(f"{'input':40s} {'cells':>6s} {'fg px':>8s} | {'targets s':>8s} {'cellpose':>8s} {'ratio':>7s} | "
           f"{'f->lab s':>8s} {'cellpose':>8s} {'ratio':>7s} | {'RT ours':6s} {'RT cp':6s}")
-    for name, labels in speed_inputs().items():
+    for name, labels in speed_inputs(data).items():
         big = labels.size > 4 * 520 * 704
         print(speed_row(name, labels, 3 if big else repeats), flush=True)
     print(f"Load average (1, 5, 15 min) at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
-def real_label_sets() -> dict[str, list[tuple[str, np.ndarray]]]:
-    """Every real label image under /work/shared/data, grouped by data set."""
+def real_label_sets(data: Path) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """Every real label image under ``data`` (the shared data folder), grouped by data set."""
     from flowseg.io.images import read_labels
     from flowseg.io.sartorius import read_train_csv
     sets: dict[str, list[tuple[str, np.ndarray]]] = {}
-    if (DATA / "sartorius" / "train.csv").exists():
-        sets["sartorius"] = [(k, a.labels()) for k, a in read_train_csv(DATA / "sartorius" / "train.csv").items()]
-    usiigaci = sorted((DATA / "usiigaci").glob("set*/instances_ids.png"))
+    if (data / "sartorius" / "train.csv").exists():
+        sets["sartorius"] = [(k, a.labels()) for k, a in read_train_csv(data / "sartorius" / "train.csv").items()]
+    usiigaci = sorted((data / "usiigaci").glob("set*/instances_ids.png"))
     if usiigaci:
         sets["usiigaci"] = [(p.parent.name, read_labels(p)) for p in usiigaci]
-    if (DATA / "dsb2018_stardist_sample" / "mask2d.tif").exists():
-        sets["dsb2018"] = [("mask2d", read_labels(DATA / "dsb2018_stardist_sample" / "mask2d.tif"))]
+    if (data / "dsb2018_stardist_sample" / "mask2d.tif").exists():
+        sets["dsb2018"] = [("mask2d", read_labels(data / "dsb2018_stardist_sample" / "mask2d.tif"))]
     return sets
 
 
@@ -163,13 +164,13 @@ def roundtrip_scores(labels: np.ndarray) -> tuple[float, float, float, float]:
             image_score(reachable, ours).score, image_score(reachable, cp).score)
 
 
-def roundtrip_table(seeds: int) -> None:
+def roundtrip_table(seeds: int, data: Path) -> None:
     print("\nRound trip (labels -> flows -> labels, default parameters), Kaggle metric (mean / min "
           "over images) vs the labels, and vs the 'reachable' labels (each cell's largest 8-connected "
           "piece: no flow field can bring back a cell cut in pieces)")
     print(f"{'data set':20s} {'images':>6s} {'cells':>6s} | {'flowseg':>15s} | {'cellpose':>15s} || "
           f"{'flowseg reach':>15s} | {'cellpose reach':>15s}")
-    groups = {**real_label_sets(), **synthetic_label_sets(seeds)}
+    groups = {**real_label_sets(data), **synthetic_label_sets(seeds)}
     for name, items in groups.items():
         scores = np.array([roundtrip_scores(labels) for _, labels in items])
         cells = sum(len(np.unique(labels)) - 1 for _, labels in items)
@@ -207,9 +208,9 @@ def noise_table(seeds: int) -> None:
         print(f"{name:20s} | " + " | ".join(cells), flush=True)
 
 
-def gpu_throughput(device: str, batch: int, repeats: int) -> None:
+def gpu_throughput(device: str, batch: int, repeats: int, data: Path) -> None:
     dev = torch.device(device)
-    labels = speed_inputs()["spindly ~200 cells 520x704"]
+    labels = speed_inputs(data)["spindly ~200 cells 520x704"]
     stack = torch.from_numpy(np.stack([labels] * batch)).to(dev)
     flows = labels_to_flows(stack)
     cellprob = torch.where(stack > 0, 10.0, -10.0)
@@ -239,6 +240,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seeds", type=int, default=3, help="synthetic images per morphology")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                        help="real data root (sartorius/, usiigaci/, dsb2018_stardist_sample/); "
+                             "missing sets are skipped (default: ../shared/data beside the repo)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads for both libraries (1 avoids OpenMP contention "
@@ -246,12 +250,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.device != "cpu":
-        gpu_throughput(args.device, args.batch, args.repeats)
+        gpu_throughput(args.device, args.batch, args.repeats, args.data)
         return 0
     if args.part in ("speed", "all"):
-        speed_table(args.repeats)
+        speed_table(args.repeats, args.data)
     if args.part in ("roundtrip", "all"):
-        roundtrip_table(args.seeds)
+        roundtrip_table(args.seeds, args.data)
     if args.part in ("noise", "all"):
         noise_table(args.seeds)
     return 0
