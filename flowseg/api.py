@@ -33,6 +33,7 @@ from flowseg.config import SegmentConfig
 from flowseg.data.normalize import normalize_image
 from flowseg.device import autocast, resolve_device
 from flowseg.flows import fill_holes, flow_error, flows_to_labels
+from flowseg.io.instances import relabel_consecutive
 from flowseg.model.checkpoint import Model
 from flowseg.model.checkpoint import load_model as _load_checkpoint
 from flowseg.tiling import TileGrid, split_tiles, stitch_tiles, tile_grid
@@ -323,13 +324,6 @@ def instance_classes(labels: np.ndarray, class_probs: np.ndarray) -> np.ndarray:
     return classes
 
 
-def _renumber(labels: np.ndarray) -> np.ndarray:
-    """Ids -> 1..N in increasing order (int32), 0 stays 0."""
-    ids, inverse = np.unique(labels, return_inverse=True)
-    out = inverse.reshape(labels.shape).astype(np.int32)
-    return out if ids[0] == 0 else out + 1
-
-
 def filter_instances(labels: np.ndarray, flows: np.ndarray, cellprob: np.ndarray,
                      classes: np.ndarray, values: ClassValues, *, cluster_threshold: float,
                      fill: bool = True) -> np.ndarray:
@@ -381,7 +375,7 @@ def filter_instances(labels: np.ndarray, flows: np.ndarray, cellprob: np.ndarray
         err[1:int(kept.max()) + 1] = flow_error(flows, kept)
         drop |= check & (err > flow_threshold)
     drop[0] = False
-    return _renumber(np.where(drop[labels], 0, labels))
+    return relabel_consecutive(np.where(drop[labels], 0, labels))
 
 
 @dataclass(frozen=True)

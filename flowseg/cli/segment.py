@@ -23,10 +23,10 @@ from pathlib import Path
 
 from flowseg.cli._common import run_main, setup_logging
 from flowseg.errors import InputError
+from flowseg.io.images import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 #: Images per task (held in memory and segmented together).
 CHUNK = 8
 

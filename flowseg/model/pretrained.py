@@ -28,5 +28,7 @@ def default_model_path() -> Path:
 
 def sample_paths() -> list[Path]:
     """The real sample images shipped in ``flowseg/samples/`` (attribution in its README), sorted."""
+    from flowseg.io.images import IMAGE_SUFFIXES
+
     folder = Path(str(resources.files("flowseg") / "samples"))
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".tif", ".tiff"))
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
