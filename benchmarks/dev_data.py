@@ -2,7 +2,9 @@
 
     python benchmarks/dev_data.py --shared ../shared/data --out .devdata/dev
 
-Runs ``data_prep`` on the Usiigaci sets (31 images, cell type ``usiigaci``) and on the three
+Runs ``data_prep`` on the Usiigaci sets (31 images, cell type ``usiigaci``; resized by
+``--usiigaci-scale``, default 0.5, which brings their cells, median diameter 37-74 px, to the
+size of the Sartorius cells, 14-28 px, so that one network sees one cell scale) and on the three
 Sartorius images (``astro`` x1, ``cort`` x2, holes filled), then merges both into
 ``OUT/train`` and ``OUT/val``. A cell type with a single image (Sartorius astro) cannot be split
 by image, so its image is cut into a left half (train) and a right half (val); instances cut
@@ -41,11 +43,12 @@ def _halve(item, train: Path, val: Path, types: dict[str, dict[str, str]]) -> No
         types[split][name] = item.cell_type
 
 
-def build(shared: Path, out: Path, *, seed: int = 0) -> None:
+def build(shared: Path, out: Path, *, seed: int = 0, usiigaci_scale: float = 0.5) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data_prep(["usiigaci", "--root", str(shared / "usiigaci"), "--out", str(tmp / "u"),
-                   "--val-fraction", "0.2", "--seed", str(seed), "--quiet"])
+                   "--val-fraction", "0.2", "--seed", str(seed), "--scale", str(usiigaci_scale),
+                   "--quiet"])
         data_prep(["sartorius", "--csv", str(shared / "sartorius" / "train.csv"),
                    "--images", str(shared / "sartorius" / "train"), "--out", str(tmp / "s"),
                    "--fill-holes", "--val-fraction", "0.5", "--seed", str(seed), "--quiet"])
@@ -82,8 +85,10 @@ def main() -> None:
     p.add_argument("--shared", type=Path, default=Path("../shared/data"))
     p.add_argument("--out", type=Path, default=Path(".devdata/dev"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--usiigaci-scale", type=float, default=0.5,
+                   help="resize factor of the Usiigaci images (default 0.5)")
     args = p.parse_args()
-    build(args.shared, args.out, seed=args.seed)
+    build(args.shared, args.out, seed=args.seed, usiigaci_scale=args.usiigaci_scale)
 
 
 if __name__ == "__main__":

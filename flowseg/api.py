@@ -31,6 +31,7 @@ import torch
 
 from flowseg.config import SegmentConfig
 from flowseg.data.normalize import normalize_image
+from flowseg.data.rescale import check_scale, resize_stack, scaled_shape
 from flowseg.device import autocast, resolve_device
 from flowseg.flows import fill_holes, flow_error, flows_to_labels
 from flowseg.io.instances import relabel_consecutive
@@ -149,8 +150,12 @@ def _forward(model: Model, x: torch.Tensor, *, tta: bool) -> torch.Tensor:
 
 
 def predict_maps(images: Sequence[np.ndarray], model: Model, *, batch_size: int = 8,
-                 tile: int | None = DEFAULT_TILE, tta: bool = False) -> list[torch.Tensor]:
+                 tile: int | None = DEFAULT_TILE, tta: bool = False,
+                 scale: float = 1.0) -> list[torch.Tensor]:
     """Run the network over images of any sizes, batching tiles of all images together.
+
+    With ``scale != 1`` each normalised image is resized by ``scale`` before the network and
+    its maps are resized back to the image's own size (see ``segment``).
 
     Returns
     -------
@@ -159,8 +164,12 @@ def predict_maps(images: Sequence[np.ndarray], model: Model, *, batch_size: int 
     """
     if batch_size < 1:
         raise ValueError(f"batch_size: expected an int >= 1, got {batch_size}")
+    scale = check_scale(scale)
     device = next(model.net.parameters()).device
     tensors = [torch.from_numpy(normalize_image(im)) for im in images]
+    shapes = [tuple(t.shape[-2:]) for t in tensors]
+    if scale != 1.0:
+        tensors = [resize_stack(t, scaled_shape(s, scale)) for t, s in zip(tensors, shapes)]
     align = 2 ** (len(model.model_config.widths) - 1)  # the network's total pooling stride
     grids: list[TileGrid | None] = [
         tile_grid(t.shape[-2:], tile=tile, overlap=TILE_OVERLAP, align=align) if tile else None
@@ -188,7 +197,8 @@ def predict_maps(images: Sequence[np.ndarray], model: Model, *, batch_size: int 
     maps = []
     for i, grid in enumerate(grids):
         outs = torch.stack([o for _, o in sorted(outputs[i], key=lambda ko: ko[0])])
-        maps.append(stitch_tiles(outs, grid) if grid else outs[0])
+        out = stitch_tiles(outs, grid) if grid else outs[0]
+        maps.append(resize_stack(out, shapes[i]) if scale != 1.0 else out)
     return maps
 
 
@@ -452,7 +462,7 @@ def segment_maps(maps: Sequence[torch.Tensor], class_names: Sequence[str], *,
 # ----------------------------------------------------------------------------- entry point
 def segment(images: Sequence[np.ndarray], model: Model, *, batch_size: int = 8,
             config: SegmentConfig | None = None, tile: int | None = DEFAULT_TILE,
-            tta: bool = False, return_maps: bool = False) -> list[SegmentResult]:
+            tta: bool = False, scale: float = 1.0, return_maps: bool = False) -> list[SegmentResult]:
     """Segment images with a flowseg model.
 
     Parameters
@@ -470,6 +480,11 @@ def segment(images: Sequence[np.ndarray], model: Model, *, batch_size: int = 8,
         each image whole.
     tta : bool
         Average the four flips of each tile (4x the network cost).
+    scale : float
+        Resize factor applied to each image before the network (the network's maps are resized
+        back, so labels always have the image's size). A network sees cells best at the size it
+        was trained on: with cells twice that diameter, use 0.5 (the model card gives the
+        training cell sizes). ``min_size`` and ``niter`` stay in the image's own pixels.
     return_maps : bool
         Keep the predicted flows and cell-probability logits in the results.
 
@@ -484,6 +499,6 @@ def segment(images: Sequence[np.ndarray], model: Model, *, batch_size: int = 8,
     images = _check_images(images, model.model_config.in_channels)
     if not images:
         return []
-    maps = predict_maps(images, model, batch_size=batch_size, tile=tile, tta=tta)
+    maps = predict_maps(images, model, batch_size=batch_size, tile=tile, tta=tta, scale=scale)
     return segment_maps(maps, model.class_names, config=config, batch_size=batch_size,
                         return_maps=return_maps)

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from flowseg.api import DEFAULT_TILE
+from flowseg.data.rescale import check_scale
 from flowseg.io.atomic import atomic_path
 
 __all__ = ["BatchConfig", "ImageOutcome", "BatchResult", "segment_files", "segment_chunk",
@@ -68,6 +69,8 @@ class BatchConfig:
         Network tile side (``None``: whole images).
     tta : bool
         Flip test-time augmentation.
+    scale : float
+        Resize factor of the images before the network (see :func:`flowseg.api.segment`).
     overlay : bool
         Also write ``<name>_overlay.png``.
     chunk : int
@@ -81,6 +84,7 @@ class BatchConfig:
     batch_size: int = 8
     tile: int | None = DEFAULT_TILE
     tta: bool = False
+    scale: float = 1.0
     overlay: bool = False
     chunk: int = 8
     worker_threads: int | None = None
@@ -93,6 +97,7 @@ class BatchConfig:
                 raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
         if self.tile is not None and (not isinstance(self.tile, int) or self.tile < 16):
             raise ValueError(f"tile: expected None or an int >= 16, got {self.tile!r}")
+        check_scale(self.scale)
 
 
 @dataclass(frozen=True)
@@ -160,7 +165,7 @@ def _settings(model_path: str | None, config: BatchConfig) -> dict[str, Any]:
     else:
         path = Path(model_path).resolve()
         model = f"{path}@{path.stat().st_mtime_ns}" if path.is_file() else str(path)
-    return {"model": model, "tile": config.tile, "tta": config.tta}
+    return {"model": model, "tile": config.tile, "tta": config.tta, "scale": config.scale}
 
 
 # ----------------------------------------------------------------------------- one image
@@ -217,7 +222,7 @@ def _segment_images(images: list, model, config: BatchConfig) -> list:
 
     def run(batch):
         return segment(batch, model, batch_size=config.batch_size, tile=config.tile,
-                       tta=config.tta)
+                       tta=config.tta, scale=config.scale)
 
     try:
         return run(images)

@@ -221,3 +221,21 @@ def test_class_source_is_validated_and_stored():
 def test_segment_maps_checks_its_maps():
     with pytest.raises(ValueError, match=r"maps\[0\]: expected shape \(3 \+ 2, H, W\)"):
         segment_maps([torch.zeros(4, 8, 8)], ("a", "b"), config=SegmentConfig())
+
+
+def test_scale_runs_the_network_at_the_scaled_size_and_returns_full_size_labels():
+    from flowseg.data.rescale import rescale_pair
+
+    _, labels = make_synthetic("round", shape=(128, 128), seed=3)
+    _, half = rescale_pair(np.zeros(labels.shape, np.float32), labels, 0.5)
+    config = ModelConfig(n_classes=2, widths=(8, 16))
+    # The oracle only accepts 64 x 64 input: the network must see the image at scale 0.5.
+    model = Model(OracleNet(half, k=0, n_classes=2), config, ("a", "b"), SegmentConfig(min_size=0))
+    (res,) = segment([np.zeros((128, 128), np.float32)], model, tile=None, scale=0.5)
+    assert res.labels.shape == (128, 128)
+    # Halving these ~12 px cells loses detail: the best possible is the halved labels enlarged.
+    _, best = rescale_pair(np.zeros(half.shape, np.float32), half, 2.0)
+    assert image_score(labels, res.labels).score >= 0.75 * image_score(labels, best).score
+    assert image_score(labels, res.labels).tp[0] >= 0.8 * labels.max()
+    with pytest.raises(ValueError, match="scale"):
+        segment([np.zeros((128, 128), np.float32)], model, tile=None, scale=0.0)

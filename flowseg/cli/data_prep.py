@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from flowseg.cli._common import run_main, setup_logging
+from flowseg.data.rescale import check_scale
 from flowseg.io.prep import coco_items, format_summary, prepare_dataset, sartorius_items, usiigaci_items
 
 __all__ = ["build_parser", "main", "run"]
-
 
 
 def _fraction(text: str) -> float:
@@ -25,6 +25,13 @@ def _fraction(text: str) -> float:
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
     return value
+
+
+def _scale(text: str) -> float:
+    try:
+        return check_scale(float(text))
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("scale: ", "")) from None
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +43,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="fraction of each cell type's images for validation (default 0.2; a "
                              "cell type with >= 2 images gets >= 1 val image, one with 1 image none)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default 0)")
+    parser.add_argument("--scale", type=_scale, default=1.0,
+                        help="resize images and masks by this factor (default 1: unchanged), e.g. "
+                             "0.5 to halve cells twice the size of the ones the model should see")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty OUT")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
 
@@ -76,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sources = [args.root]
     options = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     result = prepare_dataset(items, args.out, val_fraction=args.val_fraction, seed=args.seed,
-                             overwrite=args.overwrite, options=options, sources=sources,
+                             scale=args.scale, overwrite=args.overwrite, options=options, sources=sources,
                              progress=not args.quiet)
     if not args.quiet:
         print(format_summary(result))

@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="checkpoint (.pt); default: the model shipped with flowseg")
     p.add_argument("--out", required=True, help="output folder for <name>_masks.tif (and overlays)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation (4x network cost)")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="resize images by this factor before the network, e.g. 0.5 for cells twice "
+                        "the diameter of the model's training cells (masks keep the image size)")
     p.add_argument("--overlay", action="store_true", help="also write <name>_overlay.png (outlines by cell type)")
     p.add_argument("--submission", default=None, help="also write a competition submission CSV here")
     p.add_argument("--batch-size", type=int, default=8)
@@ -143,7 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = find_images(args.inputs)
     out = Path(args.out)
     config = BatchConfig(device=args.device, batch_size=args.batch_size,
-                         tile=args.tile or DEFAULT_TILE, tta=args.tta, overlay=args.overlay,
+                         tile=args.tile or DEFAULT_TILE, tta=args.tta, scale=args.scale,
+                         overlay=args.overlay,
                          chunk=args.chunk, worker_threads=_worker_threads(args))
     with _client(args.dask, args.workers) as client:
         result = segment_files(paths, out, model_path=args.model, client=client, config=config,

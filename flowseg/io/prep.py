@@ -4,7 +4,8 @@ Used by the ``data_prep`` program. Sources (:func:`sartorius_items`, :func:`coco
 :func:`usiigaci_items`) list :class:`PrepItem` records — name, cell type and a loader — so the
 split is decided before any image is read. :func:`prepare_dataset` reads each item, writes
 ``OUT/train/`` and ``OUT/val/`` (``<name>.tif`` with the source pixels unchanged,
-``<name>_masks.tif`` with consecutive labels 1..N, ``cell_types.csv``) and ``OUT/prep.json``,
+``<name>_masks.tif`` with consecutive labels 1..N, ``cell_types.csv``; both resized when
+``scale != 1``) and ``OUT/prep.json``,
 all inside a temporary folder beside ``OUT`` that is renamed to ``OUT`` only at the end: a
 failure leaves no half-written ``OUT``.
 
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from flowseg.data.rescale import check_scale, rescale_pair
 from flowseg.errors import InputError
 from flowseg.io.atomic import atomic_path
 from flowseg.io.coco import read_coco
@@ -223,12 +225,14 @@ def _prepare_out(out: Path, overwrite: bool, sources: Sequence[Path]) -> None:
             raise InputError(f"output folder {out} contains the input {source}; choose another --out")
 
 
-def _write_items(items: Sequence[PrepItem], split: dict[str, str], tmp: Path, progress: bool) -> dict:
+def _write_items(items: Sequence[PrepItem], split: dict[str, str], tmp: Path, progress: bool,
+                 scale: float) -> dict:
     counts: dict = {s: {} for s in SPLITS}
     for item in tqdm(items, desc="data_prep", unit="image", disable=not progress):
         data = item.load()
-        labels = relabel_consecutive(data.labels)
-        write_folder_item(tmp / split[item.name], item.name, data.image, labels, item.cell_type)
+        image, labels = rescale_pair(data.image, data.labels, scale)
+        labels = relabel_consecutive(labels)
+        write_folder_item(tmp / split[item.name], item.name, image, labels, item.cell_type)
         entry = counts[split[item.name]].setdefault(item.cell_type, {"images": 0, "instances": 0})
         entry["images"] += 1
         entry["instances"] += int(labels.max())
@@ -254,8 +258,9 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 
 
 def prepare_dataset(items: Sequence[PrepItem], out: str | os.PathLike, *, val_fraction: float = 0.2,
-                    seed: int = 0, overwrite: bool = False, options: dict | None = None,
-                    sources: Sequence[str | os.PathLike] = (), progress: bool = False) -> PrepResult:
+                    seed: int = 0, scale: float = 1.0, overwrite: bool = False,
+                    options: dict | None = None, sources: Sequence[str | os.PathLike] = (),
+                    progress: bool = False) -> PrepResult:
     """Write ``items`` as ``out/train/``, ``out/val/`` Cellpose-style folders plus ``out/prep.json``.
 
     Parameters
@@ -264,6 +269,10 @@ def prepare_dataset(items: Sequence[PrepItem], out: str | os.PathLike, *, val_fr
     out : path-like
         Must not exist or be empty, unless ``overwrite``; replaced as a whole at the end.
     val_fraction, seed : see :func:`split_train_val`.
+    scale : float
+        Resize every image (linear) and its labels (nearest) by this factor, e.g. 0.5 to bring
+        cells twice the size of another data set's to its scale (see
+        :func:`flowseg.data.rescale.rescale_pair`); 1 writes the source pixels unchanged.
     overwrite : bool
         Replace an existing non-empty ``out``.
     options : dict, optional
@@ -278,6 +287,7 @@ def prepare_dataset(items: Sequence[PrepItem], out: str | os.PathLike, *, val_fr
     result : PrepResult
     """
     out = Path(out)
+    scale = check_scale(scale)
     if not items:
         raise InputError("the source has no images to prepare")
     _prepare_out(out, overwrite, [Path(s) for s in sources])
@@ -290,9 +300,9 @@ def prepare_dataset(items: Sequence[PrepItem], out: str | os.PathLike, *, val_fr
         for s in SPLITS:
             (tmp / s).mkdir()
             write_cell_types(tmp / s, {i.name: i.cell_type for i in items if split[i.name] == s})
-        counts = _write_items(items, split, tmp, progress)
+        counts = _write_items(items, split, tmp, progress, scale)
         names = {s: sorted(n for n, v in split.items() if v == s) for s in SPLITS}
-        record = {"options": options or {"val_fraction": val_fraction, "seed": seed},
+        record = {"options": options or {"val_fraction": val_fraction, "seed": seed, "scale": scale},
                   "counts": counts, "names": names}
         with atomic_path(tmp / PREP_FILE) as path:
             path.write_text(json.dumps(record, indent=2) + "\n")

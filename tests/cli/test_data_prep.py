@@ -197,6 +197,28 @@ def test_usiigaci_sample(tmp_path):
     np.testing.assert_array_equal(read_labels(item.masks_path), expected)
 
 
+def test_scale_resizes_images_and_masks(tmp_path):
+    out = tmp_path / "out"
+    assert main(["usiigaci", "--root", str(DATA / "usiigaci"), "--out", str(out), "--quiet",
+                 "--scale", "0.5"]) == 0
+    (item,) = list_folder(out / "train")
+    image, labels = read_image(item.image_path), read_labels(item.masks_path)
+    assert image.shape == labels.shape == (128, 128) and image.dtype == np.uint16
+    full = np.asarray(Image.open(DATA / "usiigaci" / "set1" / "instances_ids.png"))
+    assert labels.max() == len(np.unique(labels)) - 1  # consecutive after resizing
+    assert abs(labels.max() - (len(np.unique(full)) - 1)) <= 2  # tiny edge cells may vanish
+    assert json.loads((out / "prep.json").read_text())["options"]["scale"] == 0.5
+
+
+@pytest.mark.parametrize("bad", ["0", "-2", "nan", "abc"])
+def test_bad_scale_is_a_usage_error(bad, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["usiigaci", "--root", str(DATA / "usiigaci"), "--out", str(tmp_path / "o"),
+              "--scale", bad])
+    assert "--scale" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_coco(tmp_path):
     images_dir = tmp_path / "images"
     images_dir.mkdir()

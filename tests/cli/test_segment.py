@@ -52,6 +52,12 @@ def test_writes_masks_overlays_cell_types_submission_and_reports_failure(inputs,
     assert "0 segmented, 5 skipped (complete), 0 failed" in capsys.readouterr().out
     assert sub.is_file() and not (out / "failed.csv").exists()
 
+    # Another --scale changes the outputs: nothing is skipped; masks keep the image size.
+    assert main([*good, "--model", str(model), "--out", str(out), "--device", "cpu", "--quiet",
+                 "--scale", "0.5"]) == 0
+    assert "5 segmented, 0 skipped (complete), 0 failed" in capsys.readouterr().out
+    assert all(read_labels(out / f"{n}_masks.tif").shape == masks[n].shape for n in names)
+
 
 @pytest.mark.slow  # ~20 s on 2 cores; tests/test_batch.py covers the same path in the default run
 def test_dask_local_cluster_matches_in_process(inputs, tmp_path, capsys):

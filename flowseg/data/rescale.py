@@ -1,0 +1,76 @@
+"""Resizing images and label images together (cell-size normalisation).
+
+A network sees cells at one scale best. ``data_prep --scale`` resizes a whole data set
+(:func:`rescale_pair`) so its cells match the size of another's, and
+``flowseg.segment(scale=...)`` resizes images on the way into the network and the network's
+maps back (:func:`resize_stack`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from skimage.transform import resize
+
+__all__ = ["check_scale", "rescale_pair", "resize_stack", "scaled_shape"]
+
+
+def check_scale(scale: float, name: str = "scale") -> float:
+    """Return ``scale`` as a float; raise ValueError unless it is finite and in (0, 10]."""
+    try:
+        value = float(scale)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a number, got {scale!r}") from None
+    if not (np.isfinite(value) and 0 < value <= 10):
+        raise ValueError(f"{name}: expected a resize factor in (0, 10], got {scale!r}")
+    return value
+
+
+def scaled_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
+    """``(round(H * scale), round(W * scale))``, at least 1 pixel each way."""
+    return tuple(max(1, int(round(n * scale))) for n in shape)  # type: ignore[return-value]
+
+
+def rescale_pair(image: np.ndarray, labels: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Resize an image (linear, anti-aliased when shrinking) and its labels (nearest) by ``scale``.
+
+    Parameters
+    ----------
+    image : (H, W) or (C, H, W) ndarray, any numeric dtype
+    labels : (H, W) ndarray of int
+    scale : float
+        Output side = ``round(side * scale)``.
+
+    Returns
+    -------
+    image : (h, w) or (C, h, w) ndarray, the input dtype (integers rounded and clipped to it)
+    labels : (h, w) ndarray, the input dtype
+        Instances too small to keep any pixel disappear; ids are not renumbered.
+    """
+    scale = check_scale(scale)
+    if labels.shape != image.shape[-2:]:
+        raise ValueError(f"labels: expected shape {image.shape[-2:]} (the image's height and "
+                         f"width), got {labels.shape}")
+    if scale == 1.0:
+        return image, labels
+    out_hw = scaled_shape(labels.shape, scale)
+    out_shape = image.shape[:-2] + out_hw  # a channel axis keeps its length: never blended
+    smooth = resize(image.astype(np.float32), out_shape, order=1, mode="reflect",
+                    anti_aliasing=scale < 1, preserve_range=True)
+    if np.issubdtype(image.dtype, np.integer):
+        info = np.iinfo(image.dtype)
+        smooth = np.clip(np.rint(smooth), info.min, info.max)
+    new_labels = resize(labels, out_hw, order=0, mode="edge", anti_aliasing=False,
+                        preserve_range=True)
+    return smooth.astype(image.dtype), new_labels.astype(labels.dtype)
+
+
+def resize_stack(maps: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of stacked per-pixel maps ``(C, h, w)`` -> ``(C, *shape)`` float32
+    (anti-aliased when shrinking). Unit flow vectors stay unit-scale: only their grid changes."""
+    if tuple(maps.shape[-2:]) == tuple(shape):
+        return maps
+    shrink = shape[0] < maps.shape[-2] or shape[1] < maps.shape[-1]
+    return F.interpolate(maps[None].float(), size=tuple(shape), mode="bilinear",
+                         align_corners=False, antialias=shrink)[0]
