@@ -72,11 +72,15 @@ class TuningGrid:
         Flow-error thresholds; ``0`` disables the check.
     min_sizes : tuple of int
         Minimum instance sizes in pixels.
+    min_flows : tuple of float
+        ``SegmentConfig.min_flow`` values (one for all classes: it shapes the clustering); the
+        whole grid is searched at each. Empty (the default): keep the config's value.
     """
 
     cellprob_thresholds: tuple[float, ...] = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
     flow_thresholds: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.2)
     min_sizes: tuple[int, ...] = (0, 10, 15, 25, 40, 60, 100)
+    min_flows: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cellprob_thresholds", _check_values(
@@ -85,6 +89,11 @@ class TuningGrid:
             "flow_thresholds", self.flow_thresholds, kind=float, minimum=0.0))
         object.__setattr__(self, "min_sizes", _check_values(
             "min_sizes", self.min_sizes, kind=int, minimum=0))
+        if self.min_flows:
+            object.__setattr__(self, "min_flows", _check_values(
+                "min_flows", self.min_flows, kind=float, minimum=0.0))
+        else:
+            object.__setattr__(self, "min_flows", ())
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -280,7 +289,7 @@ class TuningResult:
     global_values : ClassThresholds
         The best single set of values for all classes (the tuned config's global values).
     n_trials : int
-        Grid points scored per image.
+        Grid points scored per image (over all ``min_flows``).
     seconds : float
         Wall time of the search and the scoring (the network is not included).
     """
@@ -308,7 +317,8 @@ def tune(data: TuningData, *, config: SegmentConfig, grid: TuningGrid = TuningGr
     The best single set of values over all images (:func:`best_global`) becomes the config's
     global values; each class with validation images gets its own best values when they beat
     the global ones on its images by more than ``min_gain`` (:func:`best_per_class`), else the
-    global ones.
+    global ones. With ``grid.min_flows`` this is done at each ``min_flow`` and the one whose
+    tuned config scores best over all images is kept.
 
     Parameters
     ----------
@@ -331,21 +341,38 @@ def tune(data: TuningData, *, config: SegmentConfig, grid: TuningGrid = TuningGr
     if not isinstance(min_gain, (int, float)) or isinstance(min_gain, bool) or not min_gain >= 0:
         raise ValueError(f"min_gain: expected a number >= 0, got {min_gain!r}")
     t0 = time.perf_counter()
+    candidates = []  # (score after, tuned config, global values) per min_flow
+    for min_flow in grid.min_flows or (config.min_flow,):
+        start = dataclasses.replace(config, min_flow=min_flow)
+        tuned, glob = _tune_values(data, start, grid, min_gain, batch_size, progress)
+        after = score_config(data, tuned, batch_size=batch_size) if grid.min_flows else None
+        candidates.append((after, tuned, glob))
+    if grid.min_flows:  # the first (smallest) min_flow wins ties
+        _, tuned, glob = max(candidates, key=lambda c: c[0].mean())
+    else:
+        _, tuned, glob = candidates[0]
+    before = score_config(data, config, batch_size=batch_size)
+    after = score_config(data, tuned, batch_size=batch_size)
+    b, a = _class_means(before, data.cell_types), _class_means(after, data.cell_types)
+    per_class = {t: ClassTuning(t, b[t][0], b[t][1], a[t][1], _resolved(tuned, t),
+                                t in tuned.per_class and _resolved(tuned, t) != glob)
+                 for t in b}
+    seconds = time.perf_counter() - t0
+    n_trials = int(np.prod(grid.shape)) * max(1, len(grid.min_flows))
+    log.info("tuned %d classes over %d images x %d grid points in %.1f s: %.4f -> %.4f "
+             "(min_flow %g)", len(per_class), len(data.maps), n_trials, seconds, before.mean(),
+             after.mean(), tuned.min_flow)
+    return TuningResult(tuned, per_class, float(before.mean()), float(after.mean()), glob,
+                        n_trials, seconds)
+
+
+def _tune_values(data: TuningData, config: SegmentConfig, grid: TuningGrid, min_gain: float,
+                 batch_size: int, progress) -> tuple[SegmentConfig, ClassThresholds]:
+    """``config`` with the grid's best global and per-class values (its min_flow kept)."""
     scores = grid_scores(data, grid, config=config, batch_size=batch_size, progress=progress)
     glob = best_global(scores, grid, config=config)
     tuned_values = best_per_class(scores, data, grid, fallback=glob, min_gain=min_gain)
     tuned = dataclasses.replace(config, cellprob_threshold=glob.cellprob_threshold,
                                 flow_threshold=glob.flow_threshold, min_size=glob.min_size,
                                 per_class={**config.per_class, **tuned_values})
-    before = score_config(data, config, batch_size=batch_size)
-    after = score_config(data, tuned, batch_size=batch_size)
-    b, a = _class_means(before, data.cell_types), _class_means(after, data.cell_types)
-    per_class = {t: ClassTuning(t, b[t][0], b[t][1], a[t][1], _resolved(tuned, t),
-                                t in tuned_values and tuned_values[t] != glob)
-                 for t in b}
-    seconds = time.perf_counter() - t0
-    log.info("tuned %d classes over %d images x %d grid points in %.1f s: %.4f -> %.4f",
-             len(tuned_values), len(data.maps), int(np.prod(grid.shape)), seconds,
-             before.mean(), after.mean())
-    return TuningResult(tuned, per_class, float(before.mean()), float(after.mean()), glob,
-                        int(np.prod(grid.shape)), seconds)
+    return tuned, glob

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -116,7 +118,22 @@ def test_small_gains_keep_the_global_values():
         tune(data, config=SegmentConfig(), grid=GRID, min_gain=-1)
 
 
+def test_min_flow_grid_keeps_the_best_tuned_min_flow():
+    data = _data(0)
+    start = SegmentConfig(min_size=0)
+    grid = dataclasses.replace(GRID, min_flows=(0.0, 0.3, 2.0))
+    result = tune(data, config=start, grid=grid)
+    separate = {m: tune(data, config=dataclasses.replace(start, min_flow=m), grid=GRID)
+                for m in grid.min_flows}
+    best = max(separate, key=lambda m: (separate[m].after, -m))
+    assert result.config.min_flow == best and result.after == separate[best].after
+    assert result.config == separate[best].config
+    assert result.before == separate[start.min_flow].before  # scored with the input config
+    assert result.n_trials == 3 * int(np.prod(GRID.shape))
+
+
 @pytest.mark.parametrize("kwargs, match", [
+    ({"min_flows": (-0.1,)}, "min_flows: expected values >= 0"),
     ({"min_sizes": ()}, "min_sizes: expected at least one"),
     ({"min_sizes": (1.5,)}, "min_sizes: expected finite int"),
     ({"flow_thresholds": (-1.0,)}, "flow_thresholds: expected values >= 0"),

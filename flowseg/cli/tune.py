@@ -4,7 +4,7 @@ Usage::
 
     flowseg-evaluate tune --model M.pt --data VALDIR (--out M_tuned.pt | --in-place)
                           [--cellprob-grid -2,-1,0,1,2] [--flow-grid 0,0.2,0.4,0.6,0.8]
-                          [--min-size-grid 0,15,30,60] [--min-gain 0]
+                          [--min-size-grid 0,15,30,60] [--min-flow-grid 0,0.3] [--min-gain 0]
                           [--class-source image|instance]
                           [--batch-size 8] [--tile 256] [--device auto] [--quiet]
 
@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{','.join(map(str, default.flow_thresholds))})")
     p.add_argument("--min-size-grid", type=_numbers(int), default=default.min_sizes,
                    help=f"minimum sizes to try (default {','.join(map(str, default.min_sizes))})")
+    p.add_argument("--min-flow-grid", type=_numbers(float), default=(),
+                   help="SegmentConfig.min_flow values to try, one for all classes (each repeats "
+                        "the whole search; default: keep the model's)")
     p.add_argument("--min-gain", type=float, default=DEFAULT_MIN_GAIN,
                    help="mean score a class's own values must gain over the best global values "
                         f"on its images to be kept (default {DEFAULT_MIN_GAIN})")
@@ -109,7 +112,8 @@ def format_tuning_table(result: TuningResult) -> str:
                      f"{v.cellprob_threshold:>8.2f} {v.flow_threshold:>5.2f} {v.min_size:>8d} "
                      + ("own" if c.own else "global"))
     n = sum(c.n_images for c in result.per_class.values())
-    lines += ["-" * len(head), f"{'all':<12} {n:>6} {result.before:>7.4f} {result.after:>7.4f}"]
+    lines += ["-" * len(head), f"{'all':<12} {n:>6} {result.before:>7.4f} {result.after:>7.4f}"
+              f"   min_flow {result.config.min_flow:g}"]
     return "\n".join(lines)
 
 
@@ -119,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.model if args.in_place else args.out
     if not args.in_place and out.resolve() == args.model.resolve():
         raise InputError(f"--out {out}: is the input model; pass --in-place to replace it")
-    grid = TuningGrid(args.cellprob_grid, args.flow_grid, args.min_size_grid)
+    grid = TuningGrid(args.cellprob_grid, args.flow_grid, args.min_size_grid, args.min_flow_grid)
     model = load_model(args.model, device=args.device)
     items = _read_data(args.data, model.class_names)
     images = [read_image(i.image_path) for i in items]

@@ -56,7 +56,8 @@ def test_tune_writes_a_new_model_with_per_class_values(tmp_path, model_path, val
     assert tuned.metadata["tuning"]["n_images"] == 4 and tuned.metadata["tuning"]["n_trials"] == 4
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:4] == ["cell", "type", "images", "before"]
-    assert table[-1].split()[:2] == ["all", "4"] and table[-1].split()[-1] == "1.0000"
+    assert table[-1].split()[:4] == ["all", "4", table[-1].split()[2], "1.0000"]
+    assert table[-1].split()[-2:] == ["min_flow", "0.3"]  # the model's: no --min-flow-grid
 
 
 def test_in_place_and_class_source(model_path, val_dir):
