@@ -24,7 +24,7 @@ import numpy as np
 
 from flowseg.errors import InputError
 
-__all__ = ["rle_decode", "rle_decode_indices", "rle_encode"]
+__all__ = ["rle_decode", "rle_decode_indices", "rle_encode", "rle_runs", "runs_to_indices"]
 
 
 def _check_shape(shape: tuple[int, int], name: str) -> tuple[int, int]:
@@ -75,6 +75,43 @@ def _check_runs(starts: np.ndarray, lengths: np.ndarray, n_pixels: int, name: st
     fail(overlap, "run overlaps the previous run")
 
 
+def rle_runs(rle: str, shape: tuple[int, int], *, name: str = "annotation") -> np.ndarray:
+    """Parse and validate an RLE string into its runs (the compact form of a decoded mask).
+
+    Parameters
+    ----------
+    rle, shape, name : see :func:`rle_decode_indices`.
+
+    Returns
+    -------
+    runs : (R, 2) ndarray of int64
+        ``(first flat 0-based index, length)`` per run, in increasing order, non-overlapping.
+
+    Raises
+    ------
+    InputError
+        See :func:`rle_decode_indices`.
+    """
+    height, width = _check_shape(shape, name)
+    values = _parse_integers(rle, name)
+    if values.size % 2:
+        raise InputError(f"{name}: RLE must hold an even number of integers "
+                         f"(start length pairs), got {values.size}")
+    starts, lengths = values[0::2], values[1::2]
+    _check_runs(starts, lengths, height * width, name)
+    return np.stack([starts - 1, lengths], axis=1).astype(np.int64, copy=False)
+
+
+def runs_to_indices(runs: np.ndarray) -> np.ndarray:
+    """``(R, 2)`` runs from :func:`rle_runs` -> ``(K,)`` int64 sorted flat pixel indices."""
+    if len(runs) == 0:
+        return np.zeros(0, dtype=np.int64)
+    starts, lengths = runs[:, 0], runs[:, 1]
+    # Offset of each run's first pixel, minus the number of pixels in earlier runs.
+    run_offset = starts - (np.cumsum(lengths) - lengths)
+    return np.repeat(run_offset, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
+
+
 def rle_decode_indices(rle: str, shape: tuple[int, int], *, name: str = "annotation") -> np.ndarray:
     """Decode an RLE string into the flat (row-major, 0-based) indices of its pixels.
 
@@ -98,18 +135,7 @@ def rle_decode_indices(rle: str, shape: tuple[int, int], *, name: str = "annotat
         Odd number of integers, non-integer tokens, non-positive starts or lengths, starts
         not strictly increasing, overlapping runs, or runs past the end of the image.
     """
-    height, width = _check_shape(shape, name)
-    values = _parse_integers(rle, name)
-    if values.size % 2:
-        raise InputError(f"{name}: RLE must hold an even number of integers "
-                         f"(start length pairs), got {values.size}")
-    starts, lengths = values[0::2], values[1::2]
-    _check_runs(starts, lengths, height * width, name)
-    if starts.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    # Offset of each run's first pixel, minus the number of pixels in earlier runs.
-    run_offset = starts - 1 - (np.cumsum(lengths) - lengths)
-    return np.repeat(run_offset, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
+    return runs_to_indices(rle_runs(rle, shape, name=name))
 
 
 def rle_decode(rle: str, shape: tuple[int, int], *, name: str = "annotation") -> np.ndarray:

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from flowseg.errors import InputError
 from flowseg.io.instances import paint_instances
-from flowseg.io.rle import rle_decode_indices
+from flowseg.io.rle import rle_decode_indices, rle_runs, runs_to_indices
 
 __all__ = ["SartoriusAnnotation", "check_image_shape", "read_train_csv"]
 
@@ -39,12 +39,16 @@ class SartoriusAnnotation:
         ``(height, width)`` from the csv.
     rles : tuple of str
         One RLE per instance, in file order. Validated when read.
+    runs : tuple of (R_i, 2) ndarray of int64
+        The parsed runs of each RLE (:func:`flowseg.io.rle.rle_runs`), kept by
+        :func:`read_train_csv` so that no RLE is parsed twice; empty: parse ``rles`` when used.
     """
 
     id: str
     cell_type: str
     shape: tuple[int, int]
     rles: tuple[str, ...]
+    runs: tuple[np.ndarray, ...] = field(default=(), repr=False, compare=False)
 
     def instance_indices(self) -> list[np.ndarray]:
         """Flat row-major pixel indices of each instance, overlaps kept.
@@ -54,6 +58,8 @@ class SartoriusAnnotation:
         indices : list of (K_i,) ndarray of int64
             Sorted, one per row of ``rles``.
         """
+        if len(self.runs) == len(self.rles):
+            return [runs_to_indices(r) for r in self.runs]
         return [rle_decode_indices(rle, self.shape, name=f"id {self.id} instance {i + 1}")
                 for i, rle in enumerate(self.rles)]
 
@@ -150,7 +156,8 @@ def read_train_csv(path: str | os.PathLike) -> dict[str, SartoriusAnnotation]:
         for row in reader:
             where = f"{path.name} line {reader.line_num} (id {row['id']})"
             _add_row(rows, row, where)
-    return {image_id: SartoriusAnnotation(image_id, r["cell_type"], r["shape"], tuple(r["rles"]))
+    return {image_id: SartoriusAnnotation(image_id, r["cell_type"], r["shape"], tuple(r["rles"]),
+                                          tuple(r["runs"]))
             for image_id, r in rows.items()}
 
 
@@ -165,8 +172,8 @@ def _add_row(rows: dict[str, dict], row: dict, where: str) -> None:
     rle = (row["annotation"] or "").strip()
     if not rle:
         raise InputError(f"{where}: empty annotation (an instance needs at least one pixel)")
-    rle_decode_indices(rle, shape, name=where)  # validate now, so errors name the line
-    entry = rows.setdefault(image_id, {"cell_type": cell_type, "shape": shape, "rles": []})
+    runs = rle_runs(rle, shape, name=where)  # validate now, so errors name the line
+    entry = rows.setdefault(image_id, {"cell_type": cell_type, "shape": shape, "rles": [], "runs": []})
     if entry["shape"] != shape:
         raise InputError(f"{where}: height x width {shape[0]} x {shape[1]} differs from "
                          f"{entry['shape'][0]} x {entry['shape'][1]} on an earlier row of this id")
@@ -174,4 +181,5 @@ def _add_row(rows: dict[str, dict], row: dict, where: str) -> None:
         raise InputError(f"{where}: cell_type {cell_type!r} differs from {entry['cell_type']!r} "
                          "on an earlier row of this id (one cell type per image)")
     entry["rles"].append(rle)
+    entry["runs"].append(runs)
 

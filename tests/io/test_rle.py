@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from flowseg.errors import InputError
-from flowseg.io.rle import rle_decode, rle_decode_indices, rle_encode
+from flowseg.io.rle import rle_decode, rle_decode_indices, rle_encode, rle_runs, runs_to_indices
 
 SHARED_CSV = Path("/work/shared/data/sartorius/train.csv")
 
@@ -14,6 +14,15 @@ def test_decode_hand_case():
     expected = np.array([[0, 1, 1, 1], [0, 0, 0, 0], [1, 0, 0, 0]], dtype=bool)
     assert mask.dtype == bool and mask.shape == (3, 4)
     np.testing.assert_array_equal(mask, expected)
+
+
+def test_runs_are_zero_based_and_decode_to_the_indices():
+    runs = rle_runs("2 3 9 1", (3, 4))
+    assert runs.dtype == np.int64 and runs.tolist() == [[1, 3], [8, 1]]
+    np.testing.assert_array_equal(runs_to_indices(runs), [1, 2, 3, 8])
+    assert rle_runs("", (3, 4)).shape == (0, 2) and runs_to_indices(rle_runs("", (3, 4))).size == 0
+    with pytest.raises(InputError, match="row 7"):
+        rle_runs("2 3 4 1", (3, 4), name="row 7")  # overlapping runs
 
 
 def test_decode_is_row_major_and_runs_wrap_rows():

@@ -41,6 +41,11 @@ def test_read_groups_by_id_in_order_of_first_appearance(tiny_csv):
     b = anns["b"]
     assert b == SartoriusAnnotation("b", "astro", (3, 4), ("1 2", "2 2 6 2"))
     assert anns["a"].cell_type == "cort" and anns["a"].rles == ("5 3", "12 1")
+    # the runs parsed while validating are kept (no second parse) and decode like the RLEs
+    np.testing.assert_array_equal(b.runs[1], [[1, 2], [5, 2]])
+    unparsed = SartoriusAnnotation("b", "astro", (3, 4), b.rles)
+    for kept, parsed in zip(b.instance_indices(), unparsed.instance_indices()):
+        np.testing.assert_array_equal(kept, parsed)
 
 
 def test_overlapping_instances_kept_in_masks_and_indices(tiny_csv):
