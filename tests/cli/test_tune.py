@@ -67,6 +67,15 @@ def test_in_place_and_class_source(model_path, val_dir):
     assert config.class_source == "instance" and set(config.per_class) == {"a", "b"}
 
 
+def test_min_flow_grid_and_scale(tmp_path, model_path, val_dir):
+    out = tmp_path / "t.pt"
+    assert main(["tune", "--model", str(model_path), "--data", str(val_dir), "--out", str(out),
+                 "--quiet", "--scale", "0.5", "--min-flow-grid", "0.3,0", *GRID]) == 0
+    tuned = load_model(out)
+    assert tuned.segment_config.min_flow == 0.0  # empty truth: both score 1, the smallest wins
+    assert tuned.metadata["tuning"]["n_trials"] == 8
+
+
 def _error(capsys, argv) -> str:
     assert run(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -79,6 +88,8 @@ def test_user_errors(tmp_path, model_path, val_dir, capsys):
     assert "pass --in-place" in _error(capsys, [*base, "--out", str(model_path)])
     assert "min_sizes: expected values >= 0" in _error(capsys, [*base, "--out", str(tmp_path / "o.pt"),
                                                                 "--min-size-grid=-1"])
+    assert "scale: expected a resize factor" in _error(capsys, [*base, "--out", str(tmp_path / "o.pt"),
+                                                                "--scale", "0"])
     (val_dir / "cell_types.csv").unlink()
     assert "needs cell_types.csv" in _error(capsys, [*base, "--out", str(tmp_path / "o.pt")])
     assert not (tmp_path / "o.pt").exists()
