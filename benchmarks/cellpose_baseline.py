@@ -11,7 +11,7 @@ at the images' own pixel scale (``rescale=False``, like flowseg), then segments 
 whole image, ``dynamics.compute_masks``: cellprob 0, flow error 0.4, min size 15; cellpose's
 tiled ``run_net`` assumes 256 final channels, so the network runs on the padded whole image
 instead) and writes ``<name>_masks.tif`` to
-``OUT/pred`` for ``evaluate``. Budget parity with a flowseg run of E epochs over N training
+``OUT/pred`` for ``evaluate`` (no ``cell_types.csv``: CPnet has no cell-type head). Budget parity with a flowseg run of E epochs over N training
 images at batch 8 and 256-pixel crops: ``--epochs`` x ``--nimg-per-epoch`` = E x N crops.
 cellpose draws ``nimg_per_epoch`` images per epoch with ``train_probs`` only when
 ``nimg_per_epoch != N``, so balanced runs use N + 1 (and E x N / (N + 1) epochs).
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowseg.io.folders import list_folder, write_cell_types
+from flowseg.io.folders import list_folder
 from flowseg.io.images import read_image, read_labels, write_labels
 
 
@@ -47,17 +47,22 @@ def balanced_probs(cell_types: list[str]) -> np.ndarray:
     return w / w.sum()
 
 
-def segment_cellpose(net, image: np.ndarray) -> np.ndarray:
-    """(H, W) image -> (H, W) labels with cellpose's normalisation and mask step."""
-    from cellpose import dynamics, transforms
+def cellpose_maps(net, image: np.ndarray) -> np.ndarray:
+    """(3, H, W): a CPnet's 5x unit flows (dy, dx) and cellprob logit for one (H, W) image,
+    with cellpose's normalisation, on the whole image padded to a multiple of 16."""
+    from cellpose import transforms
     x = transforms.normalize_img(transforms.convert_image(image, channels=[0, 0], nchan=2))
     h, w = x.shape[:2]
-    ph, pw = -h % 16, -w % 16
-    x = np.pad(x, ((0, ph), (0, pw), (0, 0)), mode="reflect")
+    x = np.pad(x, ((0, -h % 16), (0, -w % 16), (0, 0)), mode="reflect")
     with torch.inference_mode():
         y = net(torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None].float())[0]
-    y = y[0, :, :h, :w].numpy()
-    out = dynamics.compute_masks(y[:2], y[2], niter=200, cellprob_threshold=0.0,
+    return y[0, :3, :h, :w].numpy()
+
+
+def cellpose_masks(flows: np.ndarray, cellprob: np.ndarray) -> np.ndarray:
+    """(H, W) labels from cellpose's mask step with ``CellposeModel.eval``'s defaults."""
+    from cellpose import dynamics
+    out = dynamics.compute_masks(flows, cellprob, niter=200, cellprob_threshold=0.0,
                                  flow_threshold=0.4, min_size=15)
     return out[0] if isinstance(out, tuple) else out
 
@@ -101,9 +106,9 @@ def main() -> None:
     t0 = time.perf_counter()
     pred = args.out / "pred"
     for item, image in zip(val_items, val_x):
-        masks = segment_cellpose(net, image)
+        maps = cellpose_maps(net, image)
+        masks = cellpose_masks(maps[:2], maps[2])
         write_labels(pred / f"{item.name}_masks.tif", masks.astype(np.int32))
-    write_cell_types(pred, {i.name: i.cell_type for i in val_items})
     eval_s = time.perf_counter() - t0
     crops = args.epochs * (args.nimg_per_epoch or len(train_items))
     print(f"cellpose CPnet nbase {nbase}: {sum(q.numel() for q in net.parameters())} parameters; "

@@ -29,7 +29,7 @@ def check_scale(scale: float, name: str = "scale") -> float:
 
 def scaled_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
     """``(round(H * scale), round(W * scale))``, at least 1 pixel each way."""
-    return tuple(max(1, int(round(n * scale))) for n in shape)  # type: ignore[return-value]
+    return tuple(max(1, round(n * scale)) for n in shape)  # type: ignore[return-value]
 
 
 def rescale_pair(image: np.ndarray, labels: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
