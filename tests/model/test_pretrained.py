@@ -25,12 +25,11 @@ def test_default_model_finds_the_cort_cells_of_a_held_out_sartorius_image():
     """1bf60e3be6ce is a validation image of the shipped model (never trained on). The shipped
     model's val score on it is in its model card; this guards the shipped weights."""
     annotation = read_train_csv(DATA / "train.csv")["1bf60e3be6ce"]
-    truth = annotation.labels()
     (result,) = flowseg.segment([read_image(DATA / "train" / "1bf60e3be6ce.png")], flowseg.load_model())
     assert result.image_cell_type == "cort"
     score = image_score(annotation.instance_indices(), result.labels)
-    assert score.score > 0.15 and score.tp[0] >= 8  # half of the 19 cells at IoU 0.5
-    assert result.labels.shape == truth.shape
+    assert score.score > 0.15 and score.tp[0] >= 8  # 8 of the 19 cells at IoU 0.5
+    assert result.labels.shape == annotation.shape
 
 
 def test_samples_ship_with_the_package():
