@@ -327,6 +327,11 @@ class TrainConfig:
         Loss weights of the flow MSE, cell-probability BCE and class cross-entropy.
     augment : AugmentConfig
         Training augmentation.
+    precision : {"auto", "bf16", "fp32"}
+        Numeric precision of the network's forward pass: ``"auto"`` trains with bf16 autocast
+        on CUDA and on CPUs with native bf16 (AVX-512 BF16 / AMX; there also in channels-last
+        memory layout), float32 elsewhere (see :func:`flowseg.device.resolve_precision`). The
+        loss is always computed in float32.
     """
 
     epochs: int = 100
@@ -344,9 +349,11 @@ class TrainConfig:
     class_weight: float = 0.5
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     balance_classes: bool = False
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         _check_int("epochs", self.epochs, minimum=1)
+        _check_choice("precision", self.precision, ("auto", "bf16", "fp32"))
         _check_int("batch_size", self.batch_size, minimum=1)
         if _check_finite("lr", self.lr) <= 0:
             raise ValueError(f"lr: expected > 0, got {self.lr}")

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from flowseg.device import resolve_device
+from flowseg.device import autocast, cpu_has_bf16, resolve_device, resolve_precision
 
 
 def test_auto_and_cpu():
@@ -21,3 +21,24 @@ def test_bad_names():
 def test_cuda_without_cuda_is_a_clear_error():
     with pytest.raises(ValueError, match="CUDA is not available"):
         resolve_device("cuda")
+
+
+def test_precision_resolution():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_precision("fp32", cuda) == torch.float32
+    assert resolve_precision("bf16", cpu) == torch.bfloat16
+    assert resolve_precision("auto", cuda) == torch.bfloat16
+    assert resolve_precision("auto", cpu) == (torch.bfloat16 if cpu_has_bf16() else torch.float32)
+    with pytest.raises(ValueError, match="precision.*'fp16'"):
+        resolve_precision("fp16", cpu)
+
+
+def test_autocast_runs_a_layer_in_the_asked_dtype():
+    layer = torch.nn.Linear(4, 3)
+    x = torch.ones(2, 4)
+    with autocast(torch.device("cpu"), torch.bfloat16):
+        assert layer(x).dtype == torch.bfloat16
+    with autocast(torch.device("cpu"), torch.float32):
+        assert layer(x).dtype == torch.float32
+    with autocast(torch.device("cpu")):  # inference default on CPU: float32
+        assert layer(x).dtype == torch.float32

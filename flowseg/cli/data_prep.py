@@ -3,6 +3,8 @@
 Examples
 --------
 ``data_prep sartorius --csv train.csv --images train/ --out prepared/ --fill-holes``
+``data_prep sartorius --csv train.csv --train-only-csv extra.csv --images train/ --out prepared/
+--val-fraction 0.1 --test-fraction 0.2`` (train/val/test folders)
 ``data_prep coco --json livecell_train.json --images images/ --out prepared/``
 ``data_prep usiigaci --root usiigaci/ --out prepared/``
 """
@@ -15,7 +17,8 @@ from pathlib import Path
 
 from flowseg.cli._common import run_main, setup_logging
 from flowseg.data.rescale import check_scale
-from flowseg.io.prep import coco_items, format_summary, prepare_dataset, sartorius_items, usiigaci_items
+from flowseg.errors import InputError
+from flowseg.io.prep import PrepItem, coco_items, format_summary, prepare_dataset, sartorius_items, usiigaci_items
 
 __all__ = ["build_parser", "main", "run"]
 
@@ -42,7 +45,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-fraction", type=_fraction, default=0.2,
                         help="fraction of each cell type's images for validation (default 0.2; a "
                              "cell type with >= 2 images gets >= 1 val image, one with 1 image none)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default 0)")
+    parser.add_argument("--test-fraction", type=_fraction, default=0.0,
+                        help="fraction of each cell type's images for OUT/test, a fold held out of "
+                             "every choice (checkpoints, thresholds) to report final scores on "
+                             "(default 0: no test folder)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the train/val/test split (default 0)")
     parser.add_argument("--scale", type=_scale, default=1.0,
                         help="resize images and masks by this factor (default 1: unchanged), e.g. "
                              "0.5 to halve cells twice the size of the ones the model should see")
@@ -60,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sartorius", help="Kaggle Sartorius train.csv + PNG folder")
     p.add_argument("--csv", required=True, type=Path, help="competition train.csv")
     p.add_argument("--images", required=True, type=Path, help="folder of <id>.png")
+    p.add_argument("--train-only-csv", type=Path, action="append", default=[], metavar="CSV",
+                   help="more annotations in train.csv format whose images always go to train and "
+                        "are never scored (e.g. incomplete, visible-part-only masks); repeatable")
     _add_common(p)
     p = sub.add_parser("coco", help="COCO instances json (LIVECell format)")
     p.add_argument("--json", required=True, type=Path, help="COCO annotation file")
@@ -71,21 +81,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _plain(value):
+    """An option value as JSON can hold it (paths as strings, lists of paths as lists)."""
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
+
+
+def _check_new_names(items: Sequence[PrepItem], extra: Sequence[PrepItem], csv: Path) -> None:
+    """An image may be annotated in one csv only."""
+    known = {i.name for i in items}
+    both = sorted(i.name for i in extra if i.name in known)
+    if both:
+        raise InputError(f"--train-only-csv {csv}: {len(both)} image(s) already annotated in another "
+                         f"csv, e.g. {both[0]}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``data_prep``; returns the exit status (user errors raise, see ``run``)."""
     args = build_parser().parse_args(argv)
     setup_logging(args.quiet)
+    train_only: list[str] = []
     if args.source == "sartorius":
         items = sartorius_items(args.csv, args.images, fill_holes=args.fill_holes)
-        sources = [args.csv, args.images]
+        for csv in args.train_only_csv:
+            extra = sartorius_items(csv, args.images, fill_holes=args.fill_holes)
+            _check_new_names(items, extra, csv)
+            items += extra
+            train_only += [i.name for i in extra]
+        sources = [args.csv, args.images, *args.train_only_csv]
     elif args.source == "coco":
         items = coco_items(args.json, args.images, fill_holes=args.fill_holes)
         sources = [args.json, args.images]
     else:
         items = usiigaci_items(args.root, fill_holes=args.fill_holes)
         sources = [args.root]
-    options = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    result = prepare_dataset(items, args.out, val_fraction=args.val_fraction, seed=args.seed,
+    options = {k: _plain(v) for k, v in vars(args).items()}
+    result = prepare_dataset(items, args.out, val_fraction=args.val_fraction,
+                             test_fraction=args.test_fraction, train_only=train_only, seed=args.seed,
                              scale=args.scale, overwrite=args.overwrite, options=options, sources=sources,
                              progress=not args.quiet)
     if not args.quiet:

@@ -3,8 +3,8 @@
 ``--data DIR`` is either a ``data_prep`` output (``DIR/train`` and ``DIR/val``) or one
 Cellpose-style folder (``<name>.tif``, ``<name>_masks.tif``, ``cell_types.csv``). Class names are
 the sorted distinct cell types of the training folder. ``--resume`` continues ``--out`` from its
-``last.pt`` with the stored settings (only ``--epochs``, ``--device`` and ``--num-workers`` may
-change).
+``last.pt`` with the stored settings (only ``--epochs``, ``--device``, ``--num-workers`` and
+``--precision`` may change).
 
 Several processes (GPUs) with DistributedDataParallel: launch under ``torchrun``, e.g.
 ``torchrun --nproc-per-node 4 --no-python flowseg-train --data DIR --out RUN`` (or
@@ -33,7 +33,8 @@ log = logging.getLogger("flowseg.train")
 _TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "crop": "crop_size",
                   "device": "device", "seed": "seed", "val_every": "val_every",
                   "num_workers": "num_workers", "warmup_epochs": "warmup_epochs",
-                  "weight_decay": "weight_decay", "balance_classes": "balance_classes"}
+                  "weight_decay": "weight_decay", "balance_classes": "balance_classes",
+                  "precision": "precision"}
 _MODEL_OPTIONS = {"widths": "widths", "blocks": "blocks", "skip": "skip"}
 
 
@@ -66,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--balance-classes", action="store_true", default=None,
                    help="draw every cell type equally often per epoch (for unbalanced data)")
     p.add_argument("--num-workers", type=int, help="DataLoader workers for augmentation")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"),
+                   help="network precision: auto (default) = bf16 autocast on CUDA and on CPUs with "
+                        "native bf16 (AVX-512 BF16 / AMX), float32 elsewhere")
     p.add_argument("--widths", type=_widths, help="channels per level, e.g. 32,64,128,256")
     p.add_argument("--blocks", type=int, help="residual units per level")
     p.add_argument("--skip", choices=("add", "concat"), help="how skips join the decoder")

@@ -9,9 +9,10 @@ split is decided before any image is read. :func:`prepare_dataset` reads each it
 all inside a temporary folder beside ``OUT`` that is renamed to ``OUT`` only at the end: a
 failure leaves no half-written ``OUT``.
 
-Split (:func:`split_train_val`): per cell type, ``round(n * val_fraction)`` images go to ``val``,
-but at least one when ``val_fraction > 0`` and ``n >= 2``, and never all of them; a cell type
-with a single image keeps it in ``train``.
+Split (:func:`split_train_val`): per cell type, ``round(n * test_fraction)`` images go to ``test``
+and ``round(n * val_fraction)`` to ``val``, each at least one when its fraction is > 0 and
+``n >= 2``, and never all of them; a cell type with a single image keeps it in ``train``, and so
+do the ``train_only`` images (incomplete annotations that must never be scored).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +44,7 @@ __all__ = ["LabelledImage", "PrepItem", "PrepResult", "SPLITS", "coco_items", "f
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")
 PREP_FILE = "prep.json"
 
 
@@ -172,44 +173,68 @@ def usiigaci_items(root: str | os.PathLike, *, fill_holes: bool = False) -> list
 
 
 def split_train_val(names: Sequence[str], cell_types: Sequence[str], *, val_fraction: float,
-                    seed: int = 0) -> dict[str, str]:
-    """Split images into ``train`` and ``val``, stratified by cell type (see module docstring).
+                    seed: int = 0, test_fraction: float = 0.0,
+                    train_only: Collection[str] = ()) -> dict[str, str]:
+    """Split images into ``train``, ``val`` and ``test``, stratified by cell type.
+
+    Per cell type the images are shuffled with ``seed``; the first ``round(n * test_fraction)``
+    go to ``test``, the next ``round(n * val_fraction)`` to ``val`` and the rest to ``train``.
+    A fraction > 0 takes at least one image of a type with ``n >= 2``, and ``train`` always keeps
+    at least one. ``test_fraction = 0`` gives the two-way split of earlier versions unchanged.
 
     Parameters
     ----------
     names, cell_types : sequence of str
         One entry per image; names unique.
-    val_fraction : float
-        In ``[0, 1)``.
+    val_fraction, test_fraction : float
+        Each in ``[0, 1)``, their sum < 1.
     seed : int
         The result depends on the seed and the sets of names, not on their order.
+    train_only : collection of str
+        Names that always go to ``train`` and take no part in the draw (e.g. images whose
+        annotation is incomplete and must not be scored).
 
     Returns
     -------
     split : dict of str to str
-        ``"train"`` or ``"val"`` per name.
+        ``"train"``, ``"val"`` or ``"test"`` per name.
     """
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    for what, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0 <= value < 1:
+            raise ValueError(f"{what} must be in [0, 1), got {value}")
+    if val_fraction + test_fraction >= 1:
+        raise ValueError(f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}")
     if len(names) != len(cell_types):
         raise ValueError(f"names and cell_types must have the same length, "
                          f"got {len(names)} and {len(cell_types)}")
     if len(set(names)) != len(names):
         raise InputError("image names must be unique")
+    unknown = set(train_only) - set(names)
+    if unknown:
+        raise ValueError(f"train_only: names not among the images, e.g. {sorted(unknown)[0]!r}")
     rng = np.random.default_rng(seed)
     by_type: dict[str, list[str]] = {}
     for name, cell_type in zip(names, cell_types):
-        by_type.setdefault(cell_type, []).append(name)
-    split = {}
+        if name not in train_only:
+            by_type.setdefault(cell_type, []).append(name)
+    split = dict.fromkeys(train_only, "train")
     for cell_type in sorted(by_type):
         group = sorted(by_type[cell_type])
         n = len(group)
-        n_val = round(n * val_fraction)
-        if val_fraction > 0 and n >= 2:
-            n_val = min(max(n_val, 1), n - 1)
-        chosen = set(rng.permutation(n)[:n_val].tolist()) if n_val else set()
-        split.update({name: SPLITS[int(i in chosen)] for i, name in enumerate(group)})
+        n_test = _share(n, test_fraction)
+        n_val = min(_share(n, val_fraction), n - 1 - n_test) if n > 1 else 0
+        order = rng.permutation(n).tolist() if n_test + n_val else list(range(n))
+        for rank, i in enumerate(order):
+            split[group[i]] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
     return split
+
+
+def _share(n: int, fraction: float) -> int:
+    """``round(n * fraction)``, at least 1 when ``fraction > 0`` and ``n >= 2``, at most ``n - 1``."""
+    k = round(n * fraction)
+    if fraction > 0 and n >= 2:
+        k = min(max(k, 1), n - 1)
+    return k if n >= 2 else 0
 
 
 def _prepare_out(out: Path, overwrite: bool, sources: Sequence[Path]) -> None:
@@ -225,9 +250,14 @@ def _prepare_out(out: Path, overwrite: bool, sources: Sequence[Path]) -> None:
             raise InputError(f"output folder {out} contains the input {source}; choose another --out")
 
 
+def _splits_written(test_fraction: float) -> tuple[str, ...]:
+    """``train`` and ``val`` always (as before), ``test`` when asked for."""
+    return SPLITS if test_fraction > 0 else SPLITS[:2]
+
+
 def _write_items(items: Sequence[PrepItem], split: dict[str, str], tmp: Path, progress: bool,
-                 scale: float) -> dict:
-    counts: dict = {s: {} for s in SPLITS}
+                 scale: float, splits: Sequence[str]) -> dict:
+    counts: dict = {s: {} for s in splits}
     for item in tqdm(items, desc="data_prep", unit="image", disable=not progress):
         data = item.load()
         image, labels = rescale_pair(data.image, data.labels, scale)
@@ -258,17 +288,19 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 
 
 def prepare_dataset(items: Sequence[PrepItem], out: str | os.PathLike, *, val_fraction: float = 0.2,
+                    test_fraction: float = 0.0, train_only: Collection[str] = (),
                     seed: int = 0, scale: float = 1.0, overwrite: bool = False,
                     options: dict | None = None, sources: Sequence[str | os.PathLike] = (),
                     progress: bool = False) -> PrepResult:
-    """Write ``items`` as ``out/train/``, ``out/val/`` Cellpose-style folders plus ``out/prep.json``.
+    """Write ``items`` as ``out/train/``, ``out/val/`` (and ``out/test/`` when ``test_fraction > 0``)
+    Cellpose-style folders plus ``out/prep.json``.
 
     Parameters
     ----------
     items : sequence of PrepItem
     out : path-like
         Must not exist or be empty, unless ``overwrite``; replaced as a whole at the end.
-    val_fraction, seed : see :func:`split_train_val`.
+    val_fraction, test_fraction, train_only, seed : see :func:`split_train_val`.
     scale : float
         Resize every image (linear) and its labels (nearest) by this factor, e.g. 0.5 to bring
         cells twice the size of another data set's to its scale (see
@@ -292,17 +324,20 @@ def prepare_dataset(items: Sequence[PrepItem], out: str | os.PathLike, *, val_fr
         raise InputError("the source has no images to prepare")
     _prepare_out(out, overwrite, [Path(s) for s in sources])
     split = split_train_val([i.name for i in items], [i.cell_type for i in items],
-                            val_fraction=val_fraction, seed=seed)
+                            val_fraction=val_fraction, test_fraction=test_fraction,
+                            train_only=train_only, seed=seed)
+    splits = _splits_written(test_fraction)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp.", dir=out.parent))
     _chmod_like_mkdir(tmp)
     try:
-        for s in SPLITS:
+        for s in splits:
             (tmp / s).mkdir()
             write_cell_types(tmp / s, {i.name: i.cell_type for i in items if split[i.name] == s})
-        counts = _write_items(items, split, tmp, progress, scale)
-        names = {s: sorted(n for n, v in split.items() if v == s) for s in SPLITS}
-        record = {"options": options or {"val_fraction": val_fraction, "seed": seed, "scale": scale},
+        counts = _write_items(items, split, tmp, progress, scale, splits)
+        names = {s: sorted(n for n, v in split.items() if v == s) for s in splits}
+        record = {"options": options or {"val_fraction": val_fraction, "test_fraction": test_fraction,
+                                         "seed": seed, "scale": scale},
                   "counts": counts, "names": names}
         with atomic_path(tmp / PREP_FILE) as path:
             path.write_text(json.dumps(record, indent=2) + "\n")
@@ -316,12 +351,13 @@ def prepare_dataset(items: Sequence[PrepItem], out: str | os.PathLike, *, val_fr
 
 def format_summary(result: PrepResult) -> str:
     """A text table: images and instances per cell type and split, with totals."""
-    cell_types = sorted({c for s in SPLITS for c in result.counts[s]})
-    header = ["cell_type"] + [f"{s} {k}" for s in SPLITS for k in ("images", "instances")]
+    splits = [s for s in SPLITS if s in result.counts]
+    cell_types = sorted({c for s in splits for c in result.counts[s]})
+    header = ["cell_type"] + [f"{s} {k}" for s in splits for k in ("images", "instances")]
     rows = []
     for c in cell_types + ["total"]:
         values = []
-        for s in SPLITS:
+        for s in splits:
             for k in ("images", "instances"):
                 if c == "total":
                     values.append(sum(v[k] for v in result.counts[s].values()))

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from flowseg.config import ModelConfig, SegmentConfig, TrainConfig
 from flowseg.data.dataset import CropDataset, Sample, class_names_of, epoch_order
-from flowseg.device import autocast
+from flowseg.device import autocast, resolve_precision
 from flowseg.io.atomic import atomic_path
 from flowseg.model.checkpoint import Model, load_model, load_train_state, save_model
 from flowseg.model.unet import UNet
@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 #: Files ``fit`` writes into a run directory.
 RUN_FILES = ("last.pt", "best.pt", "history.csv", "history.png")
 #: Config fields that may differ between a run and its resumption.
-_RESUMABLE_CHANGES = {"epochs", "device", "num_workers"}
+_RESUMABLE_CHANGES = {"epochs", "device", "num_workers", "precision"}
 
 
 @dataclass(frozen=True)
@@ -145,13 +145,15 @@ def train_one_epoch(net: torch.nn.Module, loader: DataLoader, optimizer: torch.o
     from flowseg.flows import labels_to_flows
 
     net.train()
+    dtype = resolve_precision(config.precision, device)
+    layout = _memory_format(device, dtype)
     sums = dict.fromkeys(("loss", "flow", "cellprob", "classes", "samples"), 0.0)
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress or not is_main())
     for step, (images, labels, class_index) in enumerate(bar):
-        images = images.to(device, non_blocking=True)
+        images = images.to(device, non_blocking=True).contiguous(memory_format=layout)
         labels = labels.to(device, non_blocking=True)
         targets = labels_to_flows(labels, device=device)
-        with autocast(device):
+        with autocast(device, dtype):
             output = net(images)
         terms = segmentation_loss(output, targets, labels, class_index.to(device),
                                   flow_weight=config.flow_weight,
@@ -173,6 +175,14 @@ def train_one_epoch(net: torch.nn.Module, loader: DataLoader, optimizer: torch.o
     sums = all_reduce_sums(sums)
     seen = sums.pop("samples")
     return {key: value / max(seen, 1) for key, value in sums.items()}
+
+
+def _memory_format(device: torch.device, dtype: torch.dtype) -> torch.memory_format:
+    """Channels-last for bf16 on CPU (oneDNN's fast path: a 2-3.5x faster step measured with
+    ``benchmarks/model.py``), the default layout otherwise."""
+    if device.type == "cpu" and dtype == torch.bfloat16:
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 # ----------------------------------------------------------------------------- validation
@@ -368,7 +378,9 @@ def fit(train_items: Sequence[Sample], val_items: Sequence[Sample], config: Trai
         raise FileExistsError(f"{out_dir}: already holds a run (last.pt); resume it or use a new folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
-    net = UNet(model_config).to(device)
+    dtype = resolve_precision(config.precision, device)
+    net = UNet(model_config).to(device, memory_format=_memory_format(device, dtype))
+    log.info("training on %s in %s", device, "bf16 autocast" if dtype == torch.bfloat16 else "float32")
     dataset = CropDataset(train_items, class_names, crop_size=config.crop_size,
                           augment=config.augment, seed=config.seed)
     steps = math.ceil(len(dataset) / config.batch_size)

@@ -19,5 +19,5 @@ def samples():
 @pytest.fixture
 def tiny_configs():
     train = TrainConfig(epochs=2, batch_size=2, crop_size=32, device="cpu", warmup_epochs=0.5,
-                        val_every=1, augment=AugmentConfig(rotation=30.0))
+                        val_every=1, augment=AugmentConfig(rotation=30.0), precision="fp32")
     return train, ModelConfig(n_classes=2, widths=(8, 16))

@@ -17,7 +17,7 @@ from flowseg.training.engine import fit
 
 # 6 crops, global batch 3: each step is split 2 + 1 over two ranks (unequal shards).
 CONFIG = TrainConfig(epochs=2, batch_size=3, crop_size=32, device="cpu", warmup_epochs=0.5,
-                     val_every=1, augment=AugmentConfig(rotation=30.0))
+                     val_every=1, augment=AugmentConfig(rotation=30.0), precision="fp32")
 MODEL = ModelConfig(n_classes=2, widths=(8, 16))
 
 

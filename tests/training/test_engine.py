@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import math
 
 import numpy as np
@@ -56,9 +57,11 @@ def test_fit_writes_run_files_and_returns_best(samples, tiny_configs, tmp_path):
     assert load_train_state(tmp_path / "last.pt")["epoch"] == 2
 
 
-def test_resume_after_interrupt_equals_uninterrupted_run(samples, tiny_configs, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_resume_after_interrupt_equals_uninterrupted_run(samples, tiny_configs, tmp_path, precision):
     train, val = samples
     config, model_config = tiny_configs
+    config = dataclasses.replace(config, precision=precision)
     full = fit(train, [], config, model_config, tmp_path / "full", progress=False)
 
     def stop_after_first(record):
@@ -127,6 +130,20 @@ def test_fit_on_cuda_with_bf16_autocast(samples, tiny_configs, tmp_path):
     rows = _history(tmp_path / "history.csv")
     assert all(math.isfinite(float(r["loss"])) for r in rows)
     assert load_model(tmp_path / "best.pt", device="cpu").device.type == "cpu"
+
+
+def test_fp32_and_bf16_start_from_the_same_weights_and_stay_close(samples, tiny_configs, tmp_path):
+    """bf16 autocast changes the arithmetic, not the recipe: after one epoch both runs' losses agree
+    to bf16 precision."""
+    train, val = samples
+    config, model_config = tiny_configs
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        run = tmp_path / precision
+        fit(train, [], dataclasses.replace(config, precision=precision, epochs=1), model_config, run,
+            progress=False)
+        losses[precision] = float(_history(run / "history.csv")[0]["loss"])
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)
 
 
 @pytest.mark.slow
