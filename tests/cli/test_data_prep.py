@@ -256,3 +256,28 @@ def test_shared_sartorius_with_fill_holes(tmp_path):
                       "val": {"cort": {"images": 1, "instances": 19}}}
     (astro,) = [i for i in list_folder(out / "train") if i.cell_type == "astro"]
     assert (read_labels(astro.masks_path) > 0).sum() == 60522     # 59,780 pixels before filling
+
+
+def test_test_fold_and_train_only_csv(sartorius, tmp_path):
+    csv_path, images_dir, _ = sartorius
+    rows = list(csv.reader(open(csv_path)))[1:]
+    astro = [r for r in rows if r[0].startswith("astro")]
+    main_ids = {"astro00", "astro01", "astro02", "astro03"}
+    _write_rows(tmp_path / "main.csv", [r for r in astro if r[0] in main_ids])
+    _write_rows(tmp_path / "extra.csv", [r for r in astro if r[0] not in main_ids])
+    out = tmp_path / "out"
+    assert main(_args(tmp_path / "main.csv", images_dir, out, "--quiet", "--val-fraction", "0.25",
+                      "--test-fraction", "0.25", "--train-only-csv", str(tmp_path / "extra.csv"))) == 0
+    names = json.loads((out / "prep.json").read_text())["names"]
+    assert [len(names[s]) for s in ("train", "val", "test")] == [3, 1, 1]
+    assert "astro04" in names["train"]                      # the train-only image
+    assert [i.name for i in list_folder(out / "test")] == names["test"]
+    options = json.loads((out / "prep.json").read_text())["options"]
+    assert options["train_only_csv"] == [str(tmp_path / "extra.csv")]
+
+
+def test_train_only_csv_may_not_repeat_an_image(sartorius, tmp_path):
+    csv_path, images_dir, _ = sartorius
+    with pytest.raises(InputError, match="already annotated in another csv, e.g. astro00"):
+        main(_args(csv_path, images_dir, tmp_path / "out", "--quiet", "--train-only-csv", str(csv_path)))
+    assert not (tmp_path / "out").exists()

@@ -77,3 +77,58 @@ def test_format_summary():
     assert [line.split() for line in lines[1:]] == [["astro", "1", "90", "0", "0"],
                                                     ["cort", "2", "30", "1", "19"],
                                                     ["total", "3", "120", "1", "19"]]
+
+
+def test_three_way_split_counts_and_train_only():
+    names = [f"a{i}" for i in range(20)] + [f"b{i}" for i in range(5)] + ["c0", "extra0", "extra1"]
+    types = ["a"] * 20 + ["b"] * 5 + ["c", "b", "b"]
+    split = split_train_val(names, types, val_fraction=0.1, test_fraction=0.2, seed=3,
+                            train_only=["extra0", "extra1"])
+    count = {(t, s): 0 for t in "abc" for s in ("train", "val", "test")}
+    for name, cell_type in zip(names, types):
+        count[cell_type, split[name]] += 1
+    assert (count["a", "test"], count["a", "val"], count["a", "train"]) == (4, 2, 14)
+    assert (count["b", "test"], count["b", "val"]) == (1, 1)  # round(0.5) = 0 -> at least 1
+    assert split["c0"] == "train"  # a single image of a type stays in train
+    assert split["extra0"] == split["extra1"] == "train"
+
+
+def test_zero_test_fraction_keeps_the_two_way_split():
+    names = [f"n{i}" for i in range(30)]
+    types = ["a"] * 18 + ["b"] * 12
+    two = split_train_val(names, types, val_fraction=0.25, seed=5)
+    assert set(two.values()) == {"train", "val"}
+    assert split_train_val(names, types, val_fraction=0.25, test_fraction=0.0, seed=5) == two
+
+
+def test_train_only_images_take_no_part_in_the_draw():
+    names = [f"n{i}" for i in range(10)]
+    types = ["a"] * 10
+    plain = split_train_val(names, types, val_fraction=0.2, test_fraction=0.2, seed=0)
+    more = split_train_val(names + ["x"], types + ["a"], val_fraction=0.2, test_fraction=0.2,
+                           seed=0, train_only={"x"})
+    assert {k: v for k, v in more.items() if k != "x"} == plain
+
+
+def test_three_way_split_validation():
+    with pytest.raises(ValueError, match="test_fraction must be in"):
+        split_train_val(["a", "b"], ["x", "x"], val_fraction=0.2, test_fraction=-0.1)
+    with pytest.raises(ValueError, match="val_fraction \\+ test_fraction must be < 1"):
+        split_train_val(["a", "b"], ["x", "x"], val_fraction=0.5, test_fraction=0.5)
+    with pytest.raises(ValueError, match="train_only: names not among the images"):
+        split_train_val(["a", "b"], ["x", "x"], val_fraction=0.2, train_only=["zz"])
+
+
+def test_prepare_dataset_writes_a_test_folder_only_when_asked(tmp_path):
+    def item(name):
+        labels = np.zeros((4, 4), np.int32)
+        labels[:2, :2] = 1
+        return PrepItem(name, "x", lambda: LabelledImage(np.ones((4, 4), np.uint8), labels))
+
+    items = [item(f"i{k}") for k in range(10)]
+    result = prepare_dataset(items, tmp_path / "three", val_fraction=0.2, test_fraction=0.3)
+    assert sorted(p.name for p in (tmp_path / "three").iterdir() if p.is_dir()) == ["test", "train", "val"]
+    assert [len(result.names[s]) for s in ("train", "val", "test")] == [5, 2, 3]
+    assert "test images" in format_summary(result)
+    prepare_dataset(items, tmp_path / "two", val_fraction=0.2)
+    assert not (tmp_path / "two" / "test").exists()
