@@ -2,7 +2,7 @@
 
 Usage::
 
-    evaluate --truth train.csv|MASKS_DIR --pred MASKS_DIR|submission.csv --out REPORT_DIR [--quiet]
+    evaluate --truth train.csv|MASKS_DIR --pred MASKS_DIR|submission.csv --out REPORT_DIR [--ids DIR|FILE] [--quiet]
     evaluate tune --model M.pt --data VALDIR (--out M_tuned.pt | --in-place) [...]
 
 The ``tune`` subcommand (first argument ``tune``) is :mod:`flowseg.cli.tune`: per-cell-type
@@ -13,7 +13,8 @@ Cellpose-style folder (``<name>_masks.tif`` beside ``<name>.tif``, optional
 ``cell_types.csv``; cell type ``unknown`` without it). Predictions are a folder of
 ``<id>_masks.tif`` files or a competition ``submission.csv``. Writes
 ``REPORT_DIR/per_image.csv`` and ``REPORT_DIR/summary.json`` and prints the mean score per
-cell type. When the prediction folder holds a ``cell_types.csv`` (header ``name,cell_type``, as
+cell type. ``--ids`` scores a subset of the truth, e.g. the test fold of a ``data_prep`` split
+against the competition's own ``train.csv`` (overlaps and holes as annotated). When the prediction folder holds a ``cell_types.csv`` (header ``name,cell_type``, as
 ``flowseg-segment`` writes it), each image's predicted cell type is added to ``per_image.csv``
 (``pred_cell_type``), and a confusion table of true vs predicted image cell type is printed and
 stored in ``summary.json`` (``cell_type_confusion``, ``cell_type_accuracy``).
@@ -68,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(header id,predicted)")
     p.add_argument("--out", required=True, type=Path,
                    help=f"report folder (created if missing): {PER_IMAGE_FILE}, {SUMMARY_FILE}")
+    p.add_argument("--ids", type=Path,
+                   help="score only these truth images: a folder (the names of its images, e.g. a "
+                        "data_prep split such as prepared/test) or a text file of one id per line")
     p.add_argument("--quiet", action="store_true",
                    help="only warnings and errors: no progress bar, no table")
     return p
@@ -120,6 +124,32 @@ def _truth_source(path: Path) -> _TruthSource:
     if not path.exists():
         raise InputError(f"truth {path}: no such file or folder")
     raise InputError(f"truth {path}: expected a train.csv file or a folder of *_masks.tif")
+
+
+def _read_ids(path: Path) -> list[str]:
+    """Image ids named by ``--ids``: a folder's image names, or a file's non-empty lines."""
+    if path.is_dir():
+        ids = [item.name for item in list_folder(path, require_images=False)]
+    elif path.is_file():
+        try:
+            ids = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"--ids {path}: cannot read it as UTF-8 text ({exc})") from None
+    else:
+        raise InputError(f"--ids {path}: no such file or folder")
+    if not ids:
+        raise InputError(f"--ids {path}: names no image (expected a folder of <name>_masks.tif "
+                         "or a text file of one id per line)")
+    return ids
+
+
+def _restrict(truth: _TruthSource, ids: list[str], source: Path) -> _TruthSource:
+    """``truth`` limited to ``ids`` (in truth order); every id must be in the truth."""
+    unknown = sorted(set(ids) - set(truth.ids))
+    if unknown:
+        raise InputError(f"--ids {source}: {len(unknown)} id(s) not in the truth, e.g. {unknown[0]}")
+    wanted = set(ids)
+    return _TruthSource([i for i in truth.ids if i in wanted], truth.load, truth.shapes)
 
 
 # --------------------------------------------------------------------------- predictions
@@ -194,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.quiet)
     truth = _truth_source(args.truth)
+    if args.ids is not None:
+        truth = _restrict(truth, _read_ids(args.ids), args.ids)
     preds = _predictions(args.pred, truth)
     check_prediction_ids(truth.ids, preds, source=f"pred {args.pred}")
     types = _predicted_types(args.pred, truth.ids, preds)

@@ -247,3 +247,32 @@ def test_sidecar_naming_unknown_images_is_an_error(tmp_path, truth_csv, capsys):
     write_cell_types(pred, {"a": "astro", "zz": "cort"})
     err = _run_error(capsys, ["--truth", str(truth_csv), "--pred", str(pred), "--out", str(tmp_path / "r")])
     assert "cell_types.csv" in err and "zz" in err
+
+
+def test_ids_score_a_subset_of_the_truth(tmp_path, truth_csv):
+    pred = _pred_folder(tmp_path / "pred", {"b": PRED["b"]})
+    ids = tmp_path / "ids.txt"
+    ids.write_text("b\n\nc\n")
+    assert main(["--truth", str(truth_csv), "--pred", str(pred), "--out", str(tmp_path / "r"),
+                 "--ids", str(ids), "--quiet"]) == 0
+    rows = _read_per_image(tmp_path / "r")
+    assert list(rows) == ["b", "c"]
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["mean_ap"] == pytest.approx(0.1)
+    split = tmp_path / "split"  # a data_prep split folder names the ids by its images
+    write_folder_item(split, "b", np.zeros(SHAPE, np.uint8), np.zeros(SHAPE, np.int32), "shsy5y")
+    assert main(["--truth", str(truth_csv), "--pred", str(pred), "--out", str(tmp_path / "r2"),
+                 "--ids", str(split), "--quiet"]) == 0
+    assert list(_read_per_image(tmp_path / "r2")) == ["b"]
+
+
+def test_ids_naming_unknown_images_are_an_error(tmp_path, truth_csv, capsys):
+    ids = tmp_path / "ids.txt"
+    ids.write_text("b\nnope\n")
+    err = _run_error(capsys, ["--truth", str(truth_csv), "--pred", str(_pred_folder(tmp_path / "pred")),
+                              "--out", str(tmp_path / "r"), "--ids", str(ids)])
+    assert "--ids" in err and "1 id(s) not in the truth, e.g. nope" in err
+    (tmp_path / "empty.txt").write_text("\n")
+    err = _run_error(capsys, ["--truth", str(truth_csv), "--pred", str(tmp_path / "pred"),
+                              "--out", str(tmp_path / "r"), "--ids", str(tmp_path / "empty.txt")])
+    assert "names no image" in err
+    assert not (tmp_path / "r").exists()
