@@ -12,6 +12,7 @@ resampled with every augmentation).
 Usage::
 
     python benchmarks/model.py [--repeats 3] [--threads N] [--configs default,concat,blocks2]
+                               [--precision fp32,bf16]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from flowseg.config import ModelConfig
+from flowseg.device import autocast, preferred_memory_format
 from flowseg.flows import labels_to_flows
 from flowseg.model.unet import UNet
 from flowseg.synthetic import make_synthetic
@@ -71,9 +73,17 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
     return images, labels
 
 
-def _flowseg_step(net: UNet, optimizer, images, labels, flows, classes) -> Callable[[], None]:
+def _flowseg_step(net: UNet, optimizer, images, labels, flows, classes,
+                  dtype: torch.dtype = torch.float32) -> Callable[[], None]:
+    """One training step as ``fit`` takes it at ``dtype`` (bf16: autocast + channels-last on CPU)."""
+    cpu = torch.device("cpu")
+    layout = preferred_memory_format(cpu, dtype)
+    net.to(memory_format=layout)
+    images = images.contiguous(memory_format=layout)
+
     def step() -> None:
-        out = net(images)
+        with autocast(cpu, dtype):
+            out = net(images)
         loss = segmentation_loss(out, flows, labels, classes).total
         optimizer.zero_grad()
         loss.backward()
@@ -95,12 +105,14 @@ def _cellpose_step(net, optimizer, images, labels, flows) -> Callable[[], None]:
     return step
 
 
-def _forward(net: torch.nn.Module, in_channels: int) -> Callable[[], None]:
-    x = torch.randn(1, in_channels, *IMAGE)
+def _forward(net: torch.nn.Module, in_channels: int,
+             dtype: torch.dtype = torch.float32) -> Callable[[], None]:
+    cpu = torch.device("cpu")
+    x = torch.randn(1, in_channels, *IMAGE).contiguous(memory_format=preferred_memory_format(cpu, dtype))
 
     def forward() -> None:
         net.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(cpu, dtype):
             net(x)
     return forward
 
@@ -124,6 +136,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--configs", default="default", help=f"comma list of {sorted(CONFIGS)}")
+    parser.add_argument("--precision", default="fp32",
+                        help="comma list of fp32, bf16 (bf16 autocast + channels-last, as "
+                             "flowseg-train on CPUs with native bf16); cellpose runs in fp32")
     parser.add_argument("--no-cellpose", action="store_true")
     args = parser.parse_args()
     if args.threads:
@@ -132,24 +147,28 @@ def main() -> None:
     images, labels = _batch()
     flows = labels_to_flows(labels)
     classes = torch.arange(BATCH) % N_CLASSES
-    nets: dict[str, tuple[torch.nn.Module, int, Callable[[], None]]] = {}
+    nets: dict[str, tuple[torch.nn.Module, int, Callable[[], None], torch.dtype]] = {}
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     for name in args.configs.split(","):
-        torch.manual_seed(0)
-        net = UNet(CONFIGS[name])
-        opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-        nets[f"flowseg {name}"] = (net, 1, _flowseg_step(net, opt, images, labels, flows, classes))
+        for precision in args.precision.split(","):
+            torch.manual_seed(0)
+            net = UNet(CONFIGS[name])
+            opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+            step = _flowseg_step(net, opt, images, labels, flows, classes, dtypes[precision])
+            nets[f"flowseg {name} {precision}"] = (net, 1, step, dtypes[precision])
     if not args.no_cellpose:
         from cellpose.resnet_torch import CPnet
 
         torch.manual_seed(0)
         net = CPnet(nbase=[2, 32, 64, 128, 256], nout=3, sz=3)
         opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-        nets["cellpose CPnet"] = (net, 2, _cellpose_step(net, opt, images, labels, flows))
-    fwd = _interleaved_medians({k: _forward(n, c) for k, (n, c, _) in nets.items()}, args.repeats)
-    train = _interleaved_medians({k: _training(n, s) for k, (n, _, s) in nets.items()}, args.repeats)
+        nets["cellpose CPnet fp32"] = (net, 2, _cellpose_step(net, opt, images, labels, flows),
+                                       torch.float32)
+    fwd = _interleaved_medians({k: _forward(n, c, d) for k, (n, c, _, d) in nets.items()}, args.repeats)
+    train = _interleaved_medians({k: _training(n, s) for k, (n, _, s, _) in nets.items()}, args.repeats)
     rows = [{"model": k, "params_M": sum(p.numel() for p in n.parameters()) / 1e6,
              "ckpt_MB": _checkpoint_mb(n), "fwd_520x704_s": fwd[k], "train_step_s": train[k]}
-            for k, (n, _, _) in nets.items()]
+            for k, (n, _, _, _) in nets.items()]
     _print_table(rows)
     full = torch.from_numpy(make_synthetic("irregular", shape=IMAGE, seed=0)[1])
     targets = _interleaved_medians({"crops": lambda: labels_to_flows(labels),

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["PRECISIONS", "autocast", "cpu_has_bf16", "resolve_device", "resolve_precision"]
+__all__ = ["PRECISIONS", "autocast", "cpu_has_bf16", "preferred_memory_format", "resolve_device",
+           "resolve_precision"]
 
 #: Values of a ``precision`` option: ``"auto"`` is bf16 autocast on CUDA and on CPUs with native
 #: bf16 instructions (AVX-512 BF16 or AMX), float32 elsewhere.
@@ -94,3 +95,12 @@ def autocast(device: torch.device, dtype: torch.dtype | None = None):
     if dtype == torch.float32 or device.type not in ("cuda", "cpu"):
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+def preferred_memory_format(device: torch.device, dtype: torch.dtype) -> torch.memory_format:
+    """Channels-last for bf16 on CPU (oneDNN's fast path: with bf16 autocast, a training step of the
+    default U-Net ran 3.5x faster than float32 in ``benchmarks/model.py --precision fp32,bf16``),
+    the default layout otherwise."""
+    if device.type == "cpu" and dtype == torch.bfloat16:
+        return torch.channels_last
+    return torch.contiguous_format

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from flowseg.config import ModelConfig, SegmentConfig, TrainConfig
 from flowseg.data.dataset import CropDataset, Sample, class_names_of, epoch_order
-from flowseg.device import autocast, resolve_precision
+from flowseg.device import autocast, preferred_memory_format, resolve_precision
 from flowseg.io.atomic import atomic_path
 from flowseg.model.checkpoint import Model, load_model, load_train_state, save_model
 from flowseg.model.unet import UNet
@@ -146,7 +146,7 @@ def train_one_epoch(net: torch.nn.Module, loader: DataLoader, optimizer: torch.o
 
     net.train()
     dtype = resolve_precision(config.precision, device)
-    layout = _memory_format(device, dtype)
+    layout = preferred_memory_format(device, dtype)
     sums = dict.fromkeys(("loss", "flow", "cellprob", "classes", "samples"), 0.0)
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress or not is_main())
     for step, (images, labels, class_index) in enumerate(bar):
@@ -175,14 +175,6 @@ def train_one_epoch(net: torch.nn.Module, loader: DataLoader, optimizer: torch.o
     sums = all_reduce_sums(sums)
     seen = sums.pop("samples")
     return {key: value / max(seen, 1) for key, value in sums.items()}
-
-
-def _memory_format(device: torch.device, dtype: torch.dtype) -> torch.memory_format:
-    """Channels-last for bf16 on CPU (oneDNN's fast path: a 2-3.5x faster step measured with
-    ``benchmarks/model.py``), the default layout otherwise."""
-    if device.type == "cpu" and dtype == torch.bfloat16:
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 # ----------------------------------------------------------------------------- validation
@@ -379,7 +371,7 @@ def fit(train_items: Sequence[Sample], val_items: Sequence[Sample], config: Trai
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     dtype = resolve_precision(config.precision, device)
-    net = UNet(model_config).to(device, memory_format=_memory_format(device, dtype))
+    net = UNet(model_config).to(device, memory_format=preferred_memory_format(device, dtype))
     log.info("training on %s in %s", device, "bf16 autocast" if dtype == torch.bfloat16 else "float32")
     dataset = CropDataset(train_items, class_names, crop_size=config.crop_size,
                           augment=config.augment, seed=config.seed)
