@@ -2,7 +2,7 @@
 
     python benchmarks/cellpose_baseline.py --data .devdata/dev05 --out runs/cellpose_baseline \\
         --epochs 386 --nimg-per-epoch 28 --widths 16,32,64,128 --balance-classes
-    evaluate --truth .devdata/dev05/val --pred runs/cellpose_baseline/pred --out runs/cellpose_baseline/report
+    evaluate --truth .devdata/dev05/val --pred runs/cellpose_baseline/pred_val --out runs/cellpose_baseline/report
 
 Trains cellpose 3.1's own U-Net (``CPnet``) with cellpose's own recipe (``train_seg``: AdamW,
 lr 0.005, its augmentation and loss), on the ``train/`` folder that ``flowseg-train`` uses,
@@ -11,7 +11,7 @@ at the images' own pixel scale (``rescale=False``, like flowseg), then segments 
 whole image, ``dynamics.compute_masks``: cellprob 0, flow error 0.4, min size 15; cellpose's
 tiled ``run_net`` assumes 256 final channels, so the network runs on the padded whole image
 instead) and writes ``<name>_masks.tif`` to
-``OUT/pred`` for ``evaluate`` (no ``cell_types.csv``: CPnet has no cell-type head). Budget parity with a flowseg run of E epochs over N training
+``OUT/pred_val`` (and ``OUT/pred_test`` with ``--predict val,test``) for ``evaluate`` (no ``cell_types.csv``: CPnet has no cell-type head). Budget parity with a flowseg run of E epochs over N training
 images at batch 8 and 256-pixel crops: ``--epochs`` x ``--nimg-per-epoch`` = E x N crops.
 cellpose draws ``nimg_per_epoch`` images per epoch with ``train_probs`` only when
 ``nimg_per_epoch != N``, so balanced runs use N + 1 (and E x N / (N + 1) epochs).
@@ -78,6 +78,9 @@ def main() -> None:
     p.add_argument("--widths", default="32,64,128,256", help="CPnet nbase after the input channels")
     p.add_argument("--balance-classes", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--predict", default="val",
+                   help="comma list of the data's folders to segment into OUT/pred_<folder> "
+                        "(default val; e.g. val,test for a data_prep --test-fraction split)")
     args = p.parse_args()
 
     from cellpose import io as cpio
@@ -89,7 +92,6 @@ def main() -> None:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     train_items, train_x, train_y = _load(args.data / "train")
-    val_items, val_x, _ = _load(args.data / "val")
     probs = balanced_probs([i.cell_type for i in train_items]) if args.balance_classes else None
     nbase = [2] + [int(w) for w in args.widths.split(",")]
     net = CPnet(nbase, 3, sz=3, mkldnn=False, max_pool=True, diam_mean=30.0)
@@ -104,16 +106,19 @@ def main() -> None:
 
     net.eval()
     t0 = time.perf_counter()
-    pred = args.out / "pred"
-    for item, image in zip(val_items, val_x):
-        maps = cellpose_maps(net, image)
-        masks = cellpose_masks(maps[:2], maps[2])
-        write_labels(pred / f"{item.name}_masks.tif", masks.astype(np.int32))
+    for folder in args.predict.split(","):
+        items, images, _ = _load(args.data / folder)
+        pred = args.out / f"pred_{folder}"
+        for item, image in zip(items, images):
+            maps = cellpose_maps(net, image)
+            masks = cellpose_masks(maps[:2], maps[2])
+            write_labels(pred / f"{item.name}_masks.tif", masks.astype(np.int32))
     eval_s = time.perf_counter() - t0
     crops = args.epochs * (args.nimg_per_epoch or len(train_items))
     print(f"cellpose CPnet nbase {nbase}: {sum(q.numel() for q in net.parameters())} parameters; "
           f"{args.epochs} epochs, {crops} crops of {args.crop}, train {train_s:.0f} s "
-          f"(final loss {train_losses[-1]:.4f}); val segmentation {eval_s:.1f} s; weights {path}")
+          f"(final loss {train_losses[-1]:.4f}); segmentation of {args.predict} {eval_s:.1f} s; "
+          f"weights {path}")
 
 
 if __name__ == "__main__":
