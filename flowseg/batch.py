@@ -40,6 +40,7 @@ from typing import Any
 
 from flowseg.api import DEFAULT_TILE
 from flowseg.data.rescale import check_scale
+from flowseg.device import PRECISIONS
 from flowseg.io.atomic import atomic_path
 
 __all__ = ["BatchConfig", "ImageOutcome", "BatchResult", "segment_files", "segment_chunk",
@@ -78,6 +79,8 @@ class BatchConfig:
     worker_threads : int or None
         ``torch.set_num_threads`` in each Dask worker (None: torch's default, usually all
         cores, which oversubscribes a machine running several workers). Not applied in-process.
+    precision : {"auto", "bf16", "fp32"}
+        The network's arithmetic (see :func:`flowseg.api.segment`).
     """
 
     device: str = "auto"
@@ -88,6 +91,7 @@ class BatchConfig:
     overlay: bool = False
     chunk: int = 8
     worker_threads: int | None = None
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "chunk", "worker_threads"):
@@ -98,6 +102,8 @@ class BatchConfig:
         if self.tile is not None and (not isinstance(self.tile, int) or self.tile < 16):
             raise ValueError(f"tile: expected None or an int >= 16, got {self.tile!r}")
         check_scale(self.scale)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: expected one of {PRECISIONS}, got {self.precision!r}")
 
 
 @dataclass(frozen=True)
@@ -165,7 +171,8 @@ def _settings(model_path: str | None, config: BatchConfig) -> dict[str, Any]:
     else:
         path = Path(model_path).resolve()
         model = f"{path}@{path.stat().st_mtime_ns}" if path.is_file() else str(path)
-    return {"model": model, "tile": config.tile, "tta": config.tta, "scale": config.scale}
+    return {"model": model, "tile": config.tile, "tta": config.tta, "scale": config.scale,
+            "precision": config.precision}
 
 
 # ----------------------------------------------------------------------------- one image
@@ -222,7 +229,7 @@ def _segment_images(images: list, model, config: BatchConfig) -> list:
 
     def run(batch):
         return segment(batch, model, batch_size=config.batch_size, tile=config.tile,
-                       tta=config.tta, scale=config.scale)
+                       tta=config.tta, scale=config.scale, precision=config.precision)
 
     try:
         return run(images)

@@ -83,13 +83,28 @@ def test_tiled_and_untiled_agree_away_from_tile_borders():
 
     model = tiny_model(style=False)  # the style vector is a global (per tile) statistic
     image = make_synthetic("irregular", shape=(150, 180), seed=1)[0]
-    whole = predict_maps([image], model, tile=None)[0]
-    tiled = predict_maps([image], model, tile=64)[0]
+    whole = predict_maps([image], model, tile=None, precision="fp32")[0]  # exact arithmetic:
+    tiled = predict_maps([image], model, tile=64, precision="fp32")[0]    # bf16 rounds differently
     grid = tile_grid(image.shape, tile=64, overlap=0.1, align=4)
     interior = _interior(image.shape, grid.starts, 64, margin=20)
     assert interior.sum() > 1000
     np.testing.assert_allclose(tiled[:, interior].numpy(), whole[:, interior].numpy(), atol=1e-4)
     assert not np.allclose(tiled.numpy(), whole.numpy(), atol=1e-4)  # the borders do differ
+
+
+def test_bf16_maps_are_close_to_fp32_maps():
+    model = tiny_model()
+    image = make_synthetic("round", shape=(64, 80), seed=2)[0]
+    fp32 = predict_maps([image], model, tile=None, precision="fp32")[0]
+    bf16 = predict_maps([image], model, tile=None, precision="bf16")[0]
+    assert fp32.dtype == bf16.dtype == torch.float32
+    scale = fp32.abs().max().item()
+    assert (bf16 - fp32).abs().max().item() <= 0.05 * scale
+    assert not torch.equal(bf16, fp32)  # bf16 did run
+    (result,) = segment([image], model, precision="bf16")
+    assert result.labels.shape == image.shape
+    with pytest.raises(ValueError, match="precision: expected one of"):
+        segment([image], model, precision="half")
 
 
 def test_tta_output_is_flip_equivariant():

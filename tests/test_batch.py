@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import sys
 
 import numpy as np
@@ -85,6 +86,8 @@ def test_config_and_paths_are_checked(inputs, tmp_path):
     model, paths = inputs
     with pytest.raises(ValueError, match="chunk: expected an int >= 1, got 0"):
         BatchConfig(chunk=0)
+    with pytest.raises(ValueError, match="precision: expected one of"):
+        BatchConfig(precision="fp16")
     with pytest.raises(ValueError, match="share the name"):
         segment_files([paths[0], tmp_path / "x" / paths[0].name], tmp_path, model_path=model)
 
@@ -96,5 +99,7 @@ def test_changed_settings_redo_complete_images(inputs, tmp_path):
     tta = segment_files(paths[:1], tmp_path, model_path=model,
                         config=BatchConfig(device="cpu", overlay=True, tta=True))
     forced = segment_files(paths[:1], tmp_path, model_path=model, config=CONFIG, overwrite=True)
-    assert [r.outcomes[0].status for r in (first, same, tta, forced)] == \
-        ["done", "skipped", "done", "done"]
+    fp32 = segment_files(paths[:1], tmp_path, model_path=model,
+                         config=dataclasses.replace(CONFIG, precision="fp32"))
+    assert [r.outcomes[0].status for r in (first, same, tta, forced, fp32)] == \
+        ["done", "skipped", "done", "done", "done"]

@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--tile", type=int, default=None, help="network tile side (default: flowseg.api.DEFAULT_TILE)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="network arithmetic: auto (default) = bf16 on CUDA and on CPUs with native "
+                        "bf16 (AVX-512 BF16 / AMX), float32 elsewhere; fp32 = always float32")
     p.add_argument("--dask", default=None, metavar="SCHEDULER_ADDRESS|local",
                    help="run on a Dask cluster: a scheduler address (tcp://host:8786) or 'local' "
                         "(a cluster of --workers processes on this machine)")
@@ -148,7 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = BatchConfig(device=args.device, batch_size=args.batch_size,
                          tile=args.tile or DEFAULT_TILE, tta=args.tta, scale=args.scale,
                          overlay=args.overlay,
-                         chunk=args.chunk, worker_threads=_worker_threads(args))
+                         chunk=args.chunk, worker_threads=_worker_threads(args),
+                         precision=args.precision)
     with _client(args.dask, args.workers) as client:
         result = segment_files(paths, out, model_path=args.model, client=client, config=config,
                                overwrite=args.overwrite, progress=not args.quiet)

@@ -6,7 +6,7 @@ Usage::
                           [--cellprob-grid -2,-1,0,1,2] [--flow-grid 0,0.2,0.4,0.6,0.8]
                           [--min-size-grid 0,15,30,60] [--min-flow-grid 0,0.3] [--min-gain 0]
                           [--class-source image|instance]
-                          [--batch-size 8] [--tile 256] [--scale 1] [--device auto] [--quiet]
+                          [--batch-size 8] [--tile 256] [--scale 1] [--device auto] [--precision auto] [--quiet]
 
 ``VALDIR`` is a Cellpose-style folder (``<name>.tif`` + ``<name>_masks.tif``) with a
 ``cell_types.csv`` naming each image's cell type. The network runs once over the images; every
@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resize the images by this factor before the network, as flowseg-segment "
                         "--scale will (default 1)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="network arithmetic, as flowseg-segment --precision (tune with the one you "
+                        "segment with)")
     p.add_argument("--quiet", action="store_true", help="only warnings and errors")
     return p
 
@@ -131,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     items = _read_data(args.data, model.class_names)
     images = [read_image(i.image_path) for i in items]
     maps = predict_maps(images, model, batch_size=args.batch_size, tile=args.tile or None,
-                        scale=args.scale)
+                        scale=args.scale, precision=args.precision)
     data = TuningData(maps, [read_labels(i.masks_path) for i in items],
                       tuple(i.cell_type for i in items), model.class_names)
     config = model.segment_config
