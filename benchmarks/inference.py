@@ -1,6 +1,6 @@
 """End-to-end segmentation speed: ``flowseg.segment`` beside cellpose 3.1 ``CellposeModel.eval``.
 
-    python benchmarks/inference.py                       # CPU, 520x704 images
+    python benchmarks/inference.py                       # CPU, 520x704 images, fp32 and auto (bf16)
     python benchmarks/inference.py --device cuda --n-images 64
 
 Rows (images/s, end to end: normalisation, network, flows -> labels, per-instance stats):
@@ -56,12 +56,13 @@ def _time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _flowseg_rows(name: str, model: Model, images, batches, repeats) -> list[tuple]:
+def _flowseg_rows(name: str, model: Model, images, batches, repeats, precisions) -> list[tuple]:
     rows = []
-    segment(images[:1], model, batch_size=1)  # warm-up
-    for b in batches:
-        seconds = _time(lambda: segment(images, model, batch_size=b), repeats)
-        rows.append((name, b, len(images), seconds, len(images) / seconds))
+    for precision in precisions:
+        segment(images[:1], model, batch_size=1, precision=precision)  # warm-up
+        for b in batches:
+            seconds = _time(lambda: segment(images, model, batch_size=b, precision=precision), repeats)
+            rows.append((f"{name} {precision}", b, len(images), seconds, len(images) / seconds))
     return rows
 
 
@@ -86,6 +87,9 @@ def main() -> None:
     p.add_argument("--cellpose-images", type=int, default=2, help="images per cellpose timing")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--precision", default="fp32,auto",
+                   help="comma list of flowseg precisions to time (auto = bf16 where the CPU has it)")
+    p.add_argument("--batches", default="1,32", help="flowseg batch sizes (default 1,32)")
     p.add_argument("--skip", default="", help="comma list of rows to skip: default,shipped,cellpose")
     args = p.parse_args()
     if args.threads:
@@ -93,22 +97,25 @@ def main() -> None:
     device = resolve_device(args.device)
     skip = set(filter(None, args.skip.split(",")))
     images = _images(args.n_images)
+    precisions = args.precision.split(",")
+    batches = [int(b) for b in args.batches.split(",")]
     rows = []
     if "default" not in skip:
         torch.manual_seed(0)
         config = ModelConfig()
         model = Model(UNet(config).to(device).eval(), config, ("cell",))
-        rows += _flowseg_rows("flowseg default-size (random)", model, images, [1, 32], args.repeats)
+        rows += _flowseg_rows("flowseg default-size (random)", model, images, batches, args.repeats,
+                              precisions)
     if "shipped" not in skip:
-        rows += _flowseg_rows("flowseg shipped model", load_model(device=device), images, [1, 32],
-                              args.repeats)
+        rows += _flowseg_rows("flowseg shipped model", load_model(device=device), images, batches,
+                              args.repeats, precisions)
     if "cellpose" not in skip:
         rows += _cellpose_rows(images[:args.cellpose_images], [1, 8], args.repeats, device)
     print(f"device: {device}, torch threads: {torch.get_num_threads()}, image 520x704, "
           f"medians of {args.repeats} run(s)")
-    print(f"{'pipeline':32s} {'batch':>5s} {'images':>6s} {'seconds':>8s} {'images/s':>9s}")
+    print(f"{'pipeline':37s} {'batch':>5s} {'images':>6s} {'seconds':>8s} {'images/s':>9s}")
     for name, b, n, s, ips in rows:
-        print(f"{name:32s} {b:5d} {n:6d} {s:8.2f} {ips:9.3f}")
+        print(f"{name:37s} {b:5d} {n:6d} {s:8.2f} {ips:9.3f}")
 
 
 if __name__ == "__main__":
