@@ -58,6 +58,11 @@ def test_writes_masks_overlays_cell_types_submission_and_reports_failure(inputs,
     assert "5 segmented, 0 skipped (complete), 0 failed" in capsys.readouterr().out
     assert all(read_labels(out / f"{n}_masks.tif").shape == masks[n].shape for n in names)
 
+    # So does another --precision.
+    assert main([*good, "--model", str(model), "--out", str(out), "--device", "cpu", "--quiet",
+                 "--scale", "0.5", "--precision", "fp32"]) == 0
+    assert "5 segmented, 0 skipped (complete), 0 failed" in capsys.readouterr().out
+
 
 @pytest.mark.slow  # ~20 s on 2 cores; tests/test_batch.py covers the same path in the default run
 def test_dask_local_cluster_matches_in_process(inputs, tmp_path, capsys):
