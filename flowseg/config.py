@@ -325,6 +325,11 @@ class TrainConfig:
         visiting each image once; for data dominated by one type.
     flow_weight, cellprob_weight, class_weight : float
         Loss weights of the flow MSE, cell-probability BCE and class cross-entropy.
+    class_grad : float
+        Fraction (0-1) of the class loss's gradient that flows into the network's shared
+        features. 0 (default): the class loss trains only the class rows of the output head, on
+        the features that segmentation learns; with 1 (every model before this field) the
+        class term slowed segmentation ~10x at a small budget (``benchmarks/README.md``).
     augment : AugmentConfig
         Training augmentation.
     precision : {"auto", "bf16", "fp32"}
@@ -347,6 +352,7 @@ class TrainConfig:
     flow_weight: float = 0.5
     cellprob_weight: float = 1.0
     class_weight: float = 0.5
+    class_grad: float = 0.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     balance_classes: bool = False
     precision: str = "auto"
@@ -360,6 +366,8 @@ class TrainConfig:
         for name in ("weight_decay", "warmup_epochs", "flow_weight", "cellprob_weight", "class_weight"):
             if _check_finite(name, getattr(self, name)) < 0:
                 raise ValueError(f"{name}: expected >= 0, got {getattr(self, name)}")
+        if not 0.0 <= _check_finite("class_grad", self.class_grad) <= 1.0:
+            raise ValueError(f"class_grad: expected a fraction in [0, 1], got {self.class_grad}")
         _check_int("crop_size", self.crop_size, minimum=8)
         _check_int("val_every", self.val_every, minimum=1)
         _check_int("seed", self.seed, minimum=0)
@@ -379,5 +387,6 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        return _from_plain(cls, d, augment=AugmentConfig.from_dict)
+        """Inverse of :meth:`to_dict`; unknown keys are an error. A dict without
+        ``class_grad`` (runs from before that field) trained with the full class gradient: 1."""
+        return _from_plain(cls, {"class_grad": 1.0, **d}, augment=AugmentConfig.from_dict)

@@ -40,3 +40,12 @@ def test_dict_round_trip():
 def test_from_dict_rejects_unknown_keys():
     with pytest.raises(ValueError, match="unknown keys"):
         SegmentConfig.from_dict({"cellprob": 0.1})
+
+
+def test_train_config_from_before_class_grad_keeps_the_full_class_gradient():
+    from flowseg.config import TrainConfig
+
+    stored = TrainConfig().to_dict()
+    assert stored.pop("class_grad") == 0.0
+    assert TrainConfig.from_dict(stored).class_grad == 1.0
+    assert TrainConfig.from_dict(TrainConfig(class_grad=0.3).to_dict()).class_grad == 0.3

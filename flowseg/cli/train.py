@@ -21,9 +21,10 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from flowseg.cli._common import run_main, setup_logging
-from flowseg.config import ModelConfig, TrainConfig
+from flowseg.config import AugmentConfig, ModelConfig, TrainConfig
 
 __all__ = ["build_parser", "main", "run"]
 
@@ -34,7 +35,9 @@ _TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "c
                   "device": "device", "seed": "seed", "val_every": "val_every",
                   "num_workers": "num_workers", "warmup_epochs": "warmup_epochs",
                   "weight_decay": "weight_decay", "balance_classes": "balance_classes",
-                  "precision": "precision"}
+                  "precision": "precision", "flow_weight": "flow_weight",
+                  "cellprob_weight": "cellprob_weight", "class_weight": "class_weight",
+                  "class_grad": "class_grad"}
 _MODEL_OPTIONS = {"widths": "widths", "blocks": "blocks", "skip": "skip"}
 
 
@@ -46,6 +49,37 @@ def _widths(text: str) -> tuple[int, ...]:
     if len(widths) < 2 or min(widths) < 1:
         raise argparse.ArgumentTypeError(f"expected at least 2 positive widths, got {text!r}")
     return widths
+
+
+def _augment_item(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` of an :class:`AugmentConfig` field: ``scale=0.5,2``, ``brightness=0``,
+    ``flip=false`` (the value's type is the field's)."""
+    fields = {f.name: f.default for f in dataclasses.fields(AugmentConfig)}
+    key, sep, value = text.partition("=")
+    if not sep or key not in fields:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with KEY one of {sorted(fields)}, "
+                                         f"got {text!r}")
+    default = fields[key]
+    try:
+        if isinstance(default, bool):
+            if value.lower() not in ("true", "false"):
+                raise ValueError
+            return key, value.lower() == "true"
+        if isinstance(default, tuple):
+            parsed = tuple(float(v) for v in value.split(","))
+            if len(parsed) != len(default):
+                raise ValueError
+            return key, parsed
+        return key, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{key}: expected a value like {key}={_plain(default)}, got {text!r}") from None
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"),
                    help="network precision: auto (default) = bf16 autocast on CUDA and on CPUs with "
                         "native bf16 (AVX-512 BF16 / AMX), float32 elsewhere")
+    p.add_argument("--flow-weight", type=float, help="loss weight of the flow MSE (default 0.5)")
+    p.add_argument("--cellprob-weight", type=float,
+                   help="loss weight of the cell-probability BCE (default 1.0)")
+    p.add_argument("--class-weight", type=float, help="loss weight of the cell-type cross-entropy (default 0.5)")
+    p.add_argument("--class-grad", type=float,
+                   help="fraction (0-1) of the cell-type loss gradient reaching the shared "
+                        "features (default 0: it trains the class head only)")
+    p.add_argument("--augment", type=_augment_item, action="append", metavar="KEY=VALUE",
+                   help="change one training augmentation setting (repeatable): "
+                        + ", ".join(f"{f.name}={_plain(f.default)}"
+                                    for f in dataclasses.fields(AugmentConfig)))
     p.add_argument("--widths", type=_widths, help="channels per level, e.g. 32,64,128,256")
     p.add_argument("--blocks", type=int, help="residual units per level")
     p.add_argument("--skip", choices=("add", "concat"), help="how skips join the decoder")
@@ -129,6 +174,9 @@ def _configs(args: argparse.Namespace, n_classes: int) -> tuple[TrainConfig, Mod
     else:
         train, model = TrainConfig(), ModelConfig(n_classes=n_classes)
     train = dataclasses.replace(train, **_overrides(args, _TRAIN_OPTIONS))
+    if args.augment:
+        train = dataclasses.replace(
+            train, augment=dataclasses.replace(train.augment, **dict(args.augment)))
     model = dataclasses.replace(model, **_overrides(args, _MODEL_OPTIONS))
     return train, model
 

@@ -5,7 +5,10 @@ max pooling between levels. A *style* vector (global average of the deepest feat
 normalised) is projected and added into every decoder convolution. Decoder: nearest upsampling,
 the encoder features of the same level added (``skip="add"``, as Cellpose) or concatenated
 (``skip="concat"``), then residual units. One pre-activation 1x1 convolution gives
-``2 + 1 + K`` maps: flows (dy, dx), cell-probability logit, K class logits.
+``2 + 1 + K`` maps: flows (dy, dx), cell-probability logit, K class logits. How much of the
+class logits' gradient reaches the shared features is a forward argument (``class_grad``):
+training passes 0 by default, so the cell-type loss trains only the class rows of that
+convolution and cannot slow the segmentation (it did, badly: ``benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -138,8 +141,12 @@ class UNet(nn.Module):
             return None
         return F.normalize(deepest.mean(dim=(2, 3)), dim=1, eps=1e-6)
 
-    def forward(self, x: torch.Tensor) -> NetOutput:
-        """Run the network on ``x`` (B, C, H, W) float32; see :class:`NetOutput`."""
+    def forward(self, x: torch.Tensor, *, class_grad: float = 1.0) -> NetOutput:
+        """Run the network on ``x`` (B, C, H, W) float32; see :class:`NetOutput`.
+
+        ``class_grad`` in [0, 1] scales the gradient that the class logits pass into the shared
+        features (and the head's BatchNorm); the outputs themselves do not depend on it.
+        """
         if x.ndim != 4 or x.shape[1] != self.config.in_channels:
             raise ValueError(f"x: expected shape (B, {self.config.in_channels}, H, W), "
                              f"got {tuple(x.shape)}")
@@ -161,5 +168,16 @@ class UNet(nn.Module):
             else:
                 x = self.merge[i](x) + skips[i]
             x = self.decoder[i](x, style)
-        y = self.head(x)[..., :h, :w]
-        return NetOutput(flows=y[:, :2], cellprob=y[:, 2], class_logits=y[:, 3:])
+        return self._heads(x[..., :h, :w], class_grad)
+
+    def _heads(self, x: torch.Tensor, class_grad: float) -> NetOutput:
+        """The 1x1 head: rows 0-2 (flows, cellprob) on ``x``, rows 3: (classes) on ``x`` with
+        its gradient scaled by ``class_grad``."""
+        norm, relu, conv = self.head
+        features = relu(norm(x))
+        maps = F.conv2d(features, conv.weight[:3], conv.bias[:3])
+        if class_grad != 1.0:
+            features = features.detach() if class_grad == 0.0 else (
+                class_grad * features + (1.0 - class_grad) * features.detach())
+        logits = F.conv2d(features, conv.weight[3:], conv.bias[3:])
+        return NetOutput(flows=maps[:, :2], cellprob=maps[:, 2], class_logits=logits)

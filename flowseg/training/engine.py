@@ -154,7 +154,7 @@ def train_one_epoch(net: torch.nn.Module, loader: DataLoader, optimizer: torch.o
         labels = labels.to(device, non_blocking=True)
         targets = labels_to_flows(labels, device=device)
         with autocast(device, dtype):
-            output = net(images)
+            output = net(images, class_grad=config.class_grad)
         terms = segmentation_loss(output, targets, labels, class_index.to(device),
                                   flow_weight=config.flow_weight,
                                   cellprob_weight=config.cellprob_weight,

@@ -81,3 +81,30 @@ def test_user_errors_exit_2(prepared, tmp_path, capsys, args, message):
 def test_bad_widths_is_a_usage_error(prepared, tmp_path):
     with pytest.raises(SystemExit):
         main(["--data", str(prepared), "--out", str(tmp_path / "r"), "--widths", "8"])
+
+
+def test_loss_and_augment_options_reach_the_stored_config(prepared, tmp_path):
+    out = tmp_path / "run"
+    assert main(["--data", str(prepared), "--out", str(out), *TINY, "--class-weight", "0.2",
+                 "--class-grad", "0.5", "--flow-weight", "1", "--augment", "brightness=0",
+                 "--augment", "scale=0.5,2", "--augment", "flip=false"]) == 0
+    config = load_model(out / "last.pt").train_config
+    assert (config.class_weight, config.class_grad, config.flow_weight) == (0.2, 0.5, 1.0)
+    assert config.augment.brightness == 0 and config.augment.scale == (0.5, 2.0)
+    assert config.augment.flip is False and config.augment.rot90 is True
+
+
+@pytest.mark.parametrize("item, message", [
+    ("size=3", "KEY one of"), ("scale=2", "scale=0.75,1.25"), ("flip=yes", "flip=true"),
+    ("brightness", "KEY=VALUE"),
+])
+def test_bad_augment_item_names_the_expected_form(prepared, tmp_path, capsys, item, message):
+    with pytest.raises(SystemExit):
+        main(["--data", str(prepared), "--out", str(tmp_path / "r"), "--augment", item])
+    assert message in capsys.readouterr().err
+
+
+def test_class_grad_outside_0_1_exits_2(prepared, tmp_path, capsys):
+    argv = ["--data", str(prepared), "--out", str(tmp_path / "r"), *TINY, "--class-grad", "2"]
+    assert run_main("flowseg-train", main, argv) == 2
+    assert "class_grad" in capsys.readouterr().err

@@ -52,6 +52,31 @@ def test_gradients_reach_every_parameter():
     assert not missing
 
 
+def _class_grads(net, x, class_grad):
+    net.zero_grad()
+    out = net(x, class_grad=class_grad)
+    out.class_logits.square().sum().backward()
+    return out, {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("class_grad", [0.0, 0.25])
+def test_class_grad_scales_what_the_class_loss_teaches_the_trunk(class_grad):
+    net = _net(n_classes=3).train()
+    x = torch.randn(2, 1, 16, 16)
+    full_out, full = _class_grads(net, x, 1.0)
+    out, part = _class_grads(net, x, class_grad)
+    for name in ("flows", "cellprob", "class_logits"):  # outputs do not depend on it
+        torch.testing.assert_close(getattr(out, name), getattr(full_out, name))
+    head = {"head.2.weight", "head.2.bias"}  # the class rows of the 1x1 conv learn as before
+    for name in head:
+        torch.testing.assert_close(part[name], full[name])
+    trunk = [n for n in full if n not in head]
+    assert trunk and any(full[n].abs().sum() > 0 for n in trunk)
+    for name in trunk:
+        torch.testing.assert_close(part.get(name, torch.zeros_like(full[name])),
+                                   class_grad * full[name], atol=1e-6, rtol=1e-4)
+
+
 def test_wrong_input_channels_names_expected_shape():
     with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
         _net()(torch.randn(1, 3, 16, 16))
