@@ -201,6 +201,9 @@ class ModelConfig:
     style : bool
         Add the image style vector (normalised global average of the deepest features) into
         the decoder convolutions.
+    style_classes : bool
+        Add a linear function of the style vector to the class logits (an image-level cell-type
+        cue; needs ``style``). Models saved before this field load with False.
     """
 
     in_channels: int = 1
@@ -210,6 +213,7 @@ class ModelConfig:
     kernel_size: int = 3
     skip: str = "add"
     style: bool = True
+    style_classes: bool = True
 
     def __post_init__(self) -> None:
         _check_int("in_channels", self.in_channels, minimum=1)
@@ -222,8 +226,9 @@ class ModelConfig:
         if _check_int("kernel_size", self.kernel_size, minimum=1) % 2 == 0:
             raise ValueError(f"kernel_size: expected an odd int, got {self.kernel_size}")
         _check_choice("skip", self.skip, ("add", "concat"))
-        if not isinstance(self.style, bool):
-            raise TypeError(f"style: expected a bool, got {self.style!r}")
+        for name in ("style", "style_classes"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name}: expected a bool, got {getattr(self, name)!r}")
 
     @property
     def size_multiple(self) -> int:
@@ -238,8 +243,9 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        return _from_plain(cls, d)
+        """Inverse of :meth:`to_dict`; unknown keys are an error. A dict without
+        ``style_classes`` (models from before that field) has none: False."""
+        return _from_plain(cls, {"style_classes": False, **d})
 
 
 @dataclass(frozen=True)

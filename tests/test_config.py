@@ -49,3 +49,11 @@ def test_train_config_from_before_class_grad_keeps_the_full_class_gradient():
     assert stored.pop("class_grad") == 0.0
     assert TrainConfig.from_dict(stored).class_grad == 1.0
     assert TrainConfig.from_dict(TrainConfig(class_grad=0.3).to_dict()).class_grad == 0.3
+
+
+def test_model_config_from_before_style_classes_has_none():
+    from flowseg.config import ModelConfig
+
+    stored = ModelConfig().to_dict()
+    assert stored.pop("style_classes") is True
+    assert ModelConfig.from_dict(stored).style_classes is False

@@ -5,7 +5,8 @@ max pooling between levels. A *style* vector (global average of the deepest feat
 normalised) is projected and added into every decoder convolution. Decoder: nearest upsampling,
 the encoder features of the same level added (``skip="add"``, as Cellpose) or concatenated
 (``skip="concat"``), then residual units. One pre-activation 1x1 convolution gives
-``2 + 1 + K`` maps: flows (dy, dx), cell-probability logit, K class logits. How much of the
+``2 + 1 + K`` maps: flows (dy, dx), cell-probability logit, K class logits; a linear function
+of the style vector is added to the class logits (``style_classes``). How much of the
 class logits' gradient reaches the shared features is a forward argument (``class_grad``):
 training passes 0 by default, so the cell-type loss trains only the class rows of that
 convolution and cannot slow the segmentation (it did, badly: ``benchmarks/README.md``).
@@ -135,6 +136,8 @@ class UNet(nn.Module):
             _Level(w[i], w[i], blocks=b, kernel_size=k, style_channels=style_ch)
             for i in range(len(w) - 1))
         self.head = _preact(w[0], 3 + config.n_classes, 1)
+        self.style_classes = (nn.Linear(style_ch, config.n_classes)
+                              if style_ch and config.style_classes else None)
 
     def _style(self, deepest: torch.Tensor) -> torch.Tensor | None:
         if not self.config.style:
@@ -145,7 +148,7 @@ class UNet(nn.Module):
         """Run the network on ``x`` (B, C, H, W) float32; see :class:`NetOutput`.
 
         ``class_grad`` in [0, 1] scales the gradient that the class logits pass into the shared
-        features (and the head's BatchNorm); the outputs themselves do not depend on it.
+        features and the style (and the head's BatchNorm); the outputs themselves do not depend on it.
         """
         if x.ndim != 4 or x.shape[1] != self.config.in_channels:
             raise ValueError(f"x: expected shape (B, {self.config.in_channels}, H, W), "
@@ -168,16 +171,26 @@ class UNet(nn.Module):
             else:
                 x = self.merge[i](x) + skips[i]
             x = self.decoder[i](x, style)
-        return self._heads(x[..., :h, :w], class_grad)
+        return self._heads(x[..., :h, :w], style, class_grad)
 
-    def _heads(self, x: torch.Tensor, class_grad: float) -> NetOutput:
-        """The 1x1 head: rows 0-2 (flows, cellprob) on ``x``, rows 3: (classes) on ``x`` with
-        its gradient scaled by ``class_grad``."""
+    def _heads(self, x: torch.Tensor, style: torch.Tensor | None, class_grad: float) -> NetOutput:
+        """The 1x1 head: rows 0-2 (flows, cellprob) on ``x``; rows 3: (classes) on ``x``, plus
+        a linear function of ``style`` (``style_classes``), their gradient scaled by
+        ``class_grad``."""
         norm, relu, conv = self.head
         features = relu(norm(x))
         maps = F.conv2d(features, conv.weight[:3], conv.bias[:3])
-        if class_grad != 1.0:
-            features = features.detach() if class_grad == 0.0 else (
-                class_grad * features + (1.0 - class_grad) * features.detach())
+        features = _scale_grad(features, class_grad)
         logits = F.conv2d(features, conv.weight[3:], conv.bias[3:])
+        if self.style_classes is not None:
+            logits = logits + self.style_classes(_scale_grad(style, class_grad))[:, :, None, None]
         return NetOutput(flows=maps[:, :2], cellprob=maps[:, 2], class_logits=logits)
+
+
+def _scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """``x`` whose gradient is multiplied by ``factor`` on the way back."""
+    if factor == 1.0:
+        return x
+    if factor == 0.0:
+        return x.detach()
+    return factor * x + (1.0 - factor) * x.detach()

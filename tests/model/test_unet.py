@@ -67,7 +67,8 @@ def test_class_grad_scales_what_the_class_loss_teaches_the_trunk(class_grad):
     out, part = _class_grads(net, x, class_grad)
     for name in ("flows", "cellprob", "class_logits"):  # outputs do not depend on it
         torch.testing.assert_close(getattr(out, name), getattr(full_out, name))
-    head = {"head.2.weight", "head.2.bias"}  # the class rows of the 1x1 conv learn as before
+    # the class rows of the 1x1 conv and the style -> class linear map learn as before
+    head = {"head.2.weight", "head.2.bias", "style_classes.weight", "style_classes.bias"}
     for name in head:
         torch.testing.assert_close(part[name], full[name])
     trunk = [n for n in full if n not in head]
@@ -75,6 +76,20 @@ def test_class_grad_scales_what_the_class_loss_teaches_the_trunk(class_grad):
     for name in trunk:
         torch.testing.assert_close(part.get(name, torch.zeros_like(full[name])),
                                    class_grad * full[name], atol=1e-6, rtol=1e-4)
+
+
+def test_style_classes_add_an_image_level_class_term():
+    x = torch.randn(2, 1, 16, 16)
+    with_style, without = _net(n_classes=3), _net(n_classes=3, style_classes=False)
+    assert without.style_classes is None and with_style.style_classes is not None
+    torch.nn.init.zeros_(with_style.style_classes.weight)
+    torch.nn.init.constant_(with_style.style_classes.bias, 1.5)
+    without.load_state_dict({k: v for k, v in with_style.state_dict().items()
+                             if not k.startswith("style_classes")})
+    with torch.no_grad():
+        a, b = with_style(x), without(x)
+    torch.testing.assert_close(a.class_logits, b.class_logits + 1.5)
+    torch.testing.assert_close(a.flows, b.flows)
 
 
 def test_wrong_input_channels_names_expected_shape():
