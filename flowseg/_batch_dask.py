@@ -1,6 +1,7 @@
 """The worker side of :func:`flowseg.batch.segment_files` on Dask (imports ``distributed``).
 
-Kept apart from :mod:`flowseg.batch` so that in-process runs never import Dask.
+Kept apart from :mod:`flowseg.batch` so that in-process runs never import Dask; the chunk code
+both run lives below them, in :mod:`flowseg._batch_chunk`.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from typing import Any
 
 from distributed import WorkerPlugin, get_worker
 
-from flowseg.batch import BatchConfig, ImageOutcome, segment_chunk
+from flowseg._batch_chunk import BatchConfig, ImageOutcome, segment_chunk
 
 __all__ = ["ModelPlugin", "worker_chunk"]
 
@@ -52,7 +53,7 @@ class ModelPlugin(WorkerPlugin):
 
 def worker_chunk(paths: list[str], out_dir: str, config: BatchConfig, settings: dict[str, Any],
                  overwrite: bool, plugin_name: str) -> list[ImageOutcome]:
-    """A Dask task: :func:`flowseg.batch.segment_chunk` with this worker's cached model."""
+    """A Dask task: :func:`flowseg._batch_chunk.segment_chunk` with this worker's cached model."""
     model = get_worker().plugins[plugin_name].model
     return segment_chunk(paths, out_dir, model=model, config=config, settings=settings,
                          overwrite=overwrite)

@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from flowseg.config import SegmentConfig
+from flowseg.config import SegmentConfig, _check_int
 from flowseg.data.normalize import normalize_image
 from flowseg.data.rescale import check_scale, resize_stack, scaled_shape
 from flowseg.device import autocast, preferred_memory_format, resolve_device, resolve_precision
@@ -39,9 +40,9 @@ from flowseg.model.checkpoint import Model
 from flowseg.model.checkpoint import load_model as _load_checkpoint
 from flowseg.tiling import TileGrid, split_tiles, stitch_tiles, tile_grid
 
-__all__ = ["DEFAULT_TILE", "ClassValues", "SegmentResult", "cluster_config", "cluster_maps",
-           "filter_instances", "instance_classes", "load_model", "predict_maps", "segment",
-           "segment_maps"]
+__all__ = ["DEFAULT_TILE", "ClassValues", "SegmentResult", "check_image", "check_model",
+           "check_tile", "cluster_config", "cluster_maps", "filter_instances", "instance_classes",
+           "load_model", "predict_maps", "segment", "segment_maps"]
 
 log = logging.getLogger(__name__)
 
@@ -108,22 +109,103 @@ def load_model(path: str | Path | None = None, *, device: str | torch.device = "
 
 
 # ----------------------------------------------------------------------------- input checks
+def check_model(model: object) -> Model:
+    """``model`` if it is a loaded :class:`~flowseg.model.checkpoint.Model`, else a TypeError
+    that says how to get one (a path is not loaded here: loading is :func:`load_model`'s job,
+    once, not on every call)."""
+    if isinstance(model, Model):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"model: expected a loaded flowseg Model, got the path {str(model)!r}; "
+                        f"load it once first: model = flowseg.load_model({str(model)!r})")
+    raise TypeError(f"model: expected a loaded flowseg Model (flowseg.load_model(path), or "
+                    f"flowseg.load_model() for the shipped default), got "
+                    f"{type(model).__name__} {model!r:.40}")
+
+
+def check_tile(tile: object, *, size_multiple: int) -> int | None:
+    """The network tile side to use: ``None`` (whole images) for ``tile`` None or 0.
+
+    Parameters
+    ----------
+    tile : int or None
+        0 or None: whole images (untiled); else the side of the square tiles in pixels, a
+        positive multiple of ``size_multiple``.
+    size_multiple : int
+        The model's :attr:`~flowseg.config.ModelConfig.size_multiple` (``2 ** poolings``).
+
+    Returns
+    -------
+    int or None
+
+    Raises
+    ------
+    TypeError
+        ``tile`` is not an int (bool is not).
+    ValueError
+        A negative ``tile``, or one that is not a multiple of ``size_multiple``; the message
+        names the allowed sizes.
+    """
+    if tile is None:
+        return None
+    if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)):
+        raise TypeError(f"tile: expected an int (0 or None: whole images, untiled), "
+                        f"got {type(tile).__name__} {tile!r}")
+    if tile == 0:
+        return None
+    if tile < 0 or tile % size_multiple:
+        below = max(size_multiple, int(tile) // size_multiple * size_multiple)
+        example = f"{DEFAULT_TILE}" if tile < 0 else f"{below} or {below + size_multiple}"
+        allowed = "a positive tile side in pixels" if size_multiple == 1 else (
+            f"a tile side in pixels that is a positive multiple of {size_multiple} (this model "
+            f"halves the image size {size_multiple.bit_length() - 1} times)")
+        raise ValueError(f"tile: expected 0 (whole images, untiled) or {allowed}, e.g. {example}; "
+                         f"got {tile}")
+    return int(tile)
+
+
+def check_image(image: object, in_channels: int, name: str) -> np.ndarray:
+    """``image`` if it is an ``(H, W)`` or ``(C, H, W)`` array with the model's channels.
+
+    Parameters
+    ----------
+    image : ndarray
+    in_channels : int
+        The model's input channels C (an ``(H, W)`` image has 1).
+    name : str
+        How messages name the image (``"images[2]"``, a file path).
+
+    Raises
+    ------
+    TypeError
+        Not a numpy array.
+    ValueError
+        Not 2-D or 3-D, or another number of channels (e.g. an RGB image or a z-stack for a
+        1-channel model).
+    """
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy array, got {type(image).__name__}")
+    channels = 1 if image.ndim == 2 else (image.shape[0] if image.ndim == 3 else None)
+    if channels is None:
+        raise ValueError(f"{name}: expected shape (H, W) or (C, H, W), got {image.shape}")
+    if channels != in_channels:
+        raise ValueError(f"{name}: the model takes {in_channels} channel(s), got an image of "
+                         f"shape {image.shape} ({channels} channels: colour, a z-stack or a "
+                         "time series?)")
+    return image
+
+
 def _check_images(images: Sequence[np.ndarray], in_channels: int) -> list[np.ndarray]:
     if isinstance(images, (np.ndarray, torch.Tensor)):
         raise TypeError("images: expected a list of arrays (H, W) or (C, H, W); got a single "
                         f"{type(images).__name__} of shape {tuple(images.shape)} — wrap one image "
                         "in a list: segment([image], model)")
-    images = list(images)
-    for i, image in enumerate(images):
-        if not isinstance(image, np.ndarray):
-            raise TypeError(f"images[{i}]: expected a numpy array, got {type(image).__name__}")
-        channels = 1 if image.ndim == 2 else (image.shape[0] if image.ndim == 3 else None)
-        if channels is None:
-            raise ValueError(f"images[{i}]: expected shape (H, W) or (C, H, W), got {image.shape}")
-        if channels != in_channels:
-            raise ValueError(f"images[{i}]: the model takes {in_channels} channel(s), "
-                             f"got an image of shape {image.shape}")
-    return images
+    if images is None or isinstance(images, (str, os.PathLike)) \
+            or not isinstance(images, Iterable):
+        raise TypeError(f"images: expected a list of arrays (H, W) or (C, H, W) (read files with "
+                        f"flowseg.io.images.read_image), got {type(images).__name__} "
+                        f"{images!r:.40}")
+    return [check_image(image, in_channels, f"images[{i}]") for i, image in enumerate(images)]
 
 
 # ----------------------------------------------------------------------------- network stage
@@ -157,16 +239,18 @@ def predict_maps(images: Sequence[np.ndarray], model: Model, *, batch_size: int 
     """Run the network over images of any sizes, batching tiles of all images together.
 
     With ``scale != 1`` each normalised image is resized by ``scale`` before the network and
-    its maps are resized back to the image's own size (see ``segment``). ``precision`` as in
-    :func:`segment`.
+    its maps are resized back to the image's own size (see ``segment``). ``tile`` (0 or None:
+    whole images) and ``precision`` as in :func:`segment`.
 
     Returns
     -------
     list of (3 + K, H, W) float32 tensors (on the model's device)
         Per image: unit flows (dy, dx), cell-probability logit, K class logits.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size: expected an int >= 1, got {batch_size}")
+    model = check_model(model)
+    images = _check_images(images, model.model_config.in_channels)
+    _check_int("batch_size", batch_size, minimum=1)
+    tile = check_tile(tile, size_multiple=model.model_config.size_multiple)
     scale = check_scale(scale)
     device = next(model.net.parameters()).device
     dtype = resolve_precision(precision, device)
@@ -175,7 +259,7 @@ def predict_maps(images: Sequence[np.ndarray], model: Model, *, batch_size: int 
     shapes = [tuple(t.shape[-2:]) for t in tensors]
     if scale != 1.0:
         tensors = [resize_stack(t, scaled_shape(s, scale)) for t, s in zip(tensors, shapes)]
-    align = 2 ** (len(model.model_config.widths) - 1)  # the network's total pooling stride
+    align = model.model_config.size_multiple  # the network's total pooling stride
     grids: list[TileGrid | None] = [
         tile_grid(t.shape[-2:], tile=tile, overlap=TILE_OVERLAP, align=align) if tile else None
         for t in tensors]
@@ -454,6 +538,7 @@ def segment_maps(maps: Sequence[torch.Tensor], class_names: Sequence[str], *,
     """
     if not isinstance(config, SegmentConfig):
         raise TypeError(f"config: expected a SegmentConfig, got {type(config).__name__}")
+    _check_int("batch_size", batch_size, minimum=1)
     class_names = tuple(class_names)
     for i, m in enumerate(maps):
         if m.ndim != 3 or m.shape[0] != 3 + len(class_names):
@@ -476,14 +561,16 @@ def segment(images: Sequence[np.ndarray], model: Model, *, batch_size: int = 8,
     images : sequence of (H, W) or (C, H, W) ndarrays
         Any sizes, any numeric dtype (each image is percentile-normalised).
     model : Model
-        From :func:`load_model`.
+        From :func:`load_model` (a path or ``None`` is refused with a TypeError: load the model
+        once, then call ``segment`` as often as needed).
     batch_size : int
         Network tiles (or whole images) per forward pass.
     config : SegmentConfig, optional
         Post-processing thresholds; ``None`` uses those stored with the model (tuned values).
     tile : int or None
-        Network tile side; larger images are tiled with overlap and blended. ``None`` runs
-        each image whole.
+        Network tile side in pixels, a positive multiple of the model's ``size_multiple`` (8
+        for the default model; see :func:`check_tile`); larger images are tiled with overlap
+        and blended. ``0`` or ``None`` runs each image whole (untiled).
     tta : bool
         Average the four flips of each tile (4x the network cost).
     scale : float
@@ -504,9 +591,11 @@ def segment(images: Sequence[np.ndarray], model: Model, *, batch_size: int = 8,
     list of SegmentResult
         One per image, in order.
     """
+    model = check_model(model)
     config = model.segment_config if config is None else config
     if not isinstance(config, SegmentConfig):
         raise TypeError(f"config: expected a SegmentConfig or None, got {type(config).__name__}")
+    _check_int("batch_size", batch_size, minimum=1)
     images = _check_images(images, model.model_config.in_channels)
     if not images:
         return []

@@ -1,27 +1,32 @@
 """Segment many image files, in this process or over a Dask cluster (``dask.distributed``).
 
-:func:`segment_files` splits the images into chunks (tasks). Each task reads its images,
-segments them together with :func:`flowseg.segment` and writes, per image, into ``out_dir``::
+:func:`segment_files` splits the images into chunks (tasks). Each task
+(:func:`segment_chunk`, in :mod:`flowseg._batch_chunk`, shared with the Dask workers) reads its
+images, segments them together with :func:`flowseg.segment` and writes, per image, into
+``out_dir``::
 
     <name>_masks.tif          instance labels (uint16 / uint32 TIF)
     <name>_overlay.png        outlines coloured by cell type (when ``overlay``)
     .flowseg/<name>.json      the image's record: shape, cell type, cells per type, settings
 
-then ``segment_files`` writes ``cell_types.csv`` (``name,cell_type``: each image's predicted
-cell type) and, when images failed, ``failed.csv`` (``name,path,reason``). Every file is
-written atomically.
+then ``segment_files`` writes the folder's reports: ``cell_types.csv`` (``name,cell_type``:
+the predicted cell type of every complete image of the folder, this run's and earlier runs')
+and, when images of the folder failed and are still not complete, ``failed.csv``
+(``name,path,reason``); see :func:`merge_reports`. Every file is written atomically.
 
 An image is **complete**, and skipped by a re-run, when its record exists with the same model
-and settings, its mask TIF reads back with the recorded shape, and its overlay exists when
-overlays are asked for. The record is written last, so an interrupted run redoes only the
-images it had not finished.
+and settings, its mask TIF reads back (decodes) with the recorded shape, and its overlay exists
+when overlays are asked for. The record is written last, so an interrupted run redoes only the
+images it had not finished, and a damaged mask or record is redone too.
 
-A failed image (unreadable file, wrong number of channels, ...) becomes an
-:class:`ImageOutcome` with a one-line reason; the other images go on.
+A failed image (missing, damaged or truncated file, another number of channels than the model
+takes, ...) becomes an :class:`ImageOutcome` with a one-line reason naming the file; the other
+images go on, also when the bad image is alone in its chunk.
 
-On a cluster every worker loads the model once (a worker plugin, ``flowseg._batch_dask.ModelPlugin``) and
-writes its own outputs, so ``out_dir`` must be a folder every worker can write (a shared file
-system) and the model path must be readable by every worker. ``local_client(n)`` starts a one-machine cluster of ``n`` single-threaded worker
+On a cluster every worker loads the model once (a worker plugin,
+``flowseg._batch_dask.ModelPlugin``) and writes its own outputs, so ``out_dir`` must be a folder
+every worker can write (a shared file system) and the model path must be readable by every
+worker. ``local_client(n)`` starts a one-machine cluster of ``n`` single-threaded worker
 processes.
 """
 
@@ -29,108 +34,31 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from flowseg.api import DEFAULT_TILE
-from flowseg.data.rescale import check_scale
-from flowseg.device import PRECISIONS
+from flowseg._batch_chunk import (RECORD_DIR, BatchConfig, ImageOutcome, masks_path, read_record,
+                                  segment_chunk)
+from flowseg.config import _check_int
+from flowseg.errors import InputError, one_line
 from flowseg.io.atomic import atomic_path
 
 __all__ = ["BatchConfig", "ImageOutcome", "BatchResult", "segment_files", "segment_chunk",
-           "local_client", "connect", "require_distributed", "masks_path", "RECORD_DIR",
-           "FAILED_FILE"]
+           "local_client", "connect", "require_distributed", "masks_path", "merge_reports",
+           "RECORD_DIR", "FAILED_FILE"]
 
 log = logging.getLogger(__name__)
 
-#: Hidden folder of ``out_dir`` holding the per-image records.
-RECORD_DIR = ".flowseg"
-#: Failure report written into ``out_dir`` when any image failed.
+#: Failure report written into ``out_dir`` when any image of the folder failed.
 FAILED_FILE = "failed.csv"
+FAILED_COLUMNS = ("name", "path", "reason")
 _DASK_HINT = "install it with: pip install 'flowseg[cluster]' (or 'dask[distributed]')"
-
-
-@dataclass(frozen=True)
-class BatchConfig:
-    """How :func:`segment_files` segments and what it writes.
-
-    Attributes
-    ----------
-    device : str
-        Device of each process / worker: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:N"``.
-    batch_size : int
-        Network tiles per forward pass.
-    tile : int or None
-        Network tile side (``None``: whole images).
-    tta : bool
-        Flip test-time augmentation.
-    scale : float
-        Resize factor of the images before the network (see :func:`flowseg.api.segment`).
-    overlay : bool
-        Also write ``<name>_overlay.png``.
-    chunk : int
-        Images per task (read, segmented and written together).
-    worker_threads : int or None
-        ``torch.set_num_threads`` in each Dask worker (None: torch's default, usually all
-        cores, which oversubscribes a machine running several workers). Not applied in-process.
-    precision : {"auto", "bf16", "fp32"}
-        The network's arithmetic (see :func:`flowseg.api.segment`).
-    """
-
-    device: str = "auto"
-    batch_size: int = 8
-    tile: int | None = DEFAULT_TILE
-    tta: bool = False
-    scale: float = 1.0
-    overlay: bool = False
-    chunk: int = 8
-    worker_threads: int | None = None
-    precision: str = "auto"
-
-    def __post_init__(self) -> None:
-        for name in ("batch_size", "chunk", "worker_threads"):
-            value = getattr(self, name)
-            if (value is not None or name != "worker_threads") and \
-                    (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
-        if self.tile is not None and (not isinstance(self.tile, int) or self.tile < 16):
-            raise ValueError(f"tile: expected None or an int >= 16, got {self.tile!r}")
-        check_scale(self.scale)
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision: expected one of {PRECISIONS}, got {self.precision!r}")
-
-
-@dataclass(frozen=True)
-class ImageOutcome:
-    """What happened to one image.
-
-    Attributes
-    ----------
-    name : str
-        File stem; outputs are named after it.
-    path : str
-    status : str
-        ``"done"`` (segmented now), ``"skipped"`` (complete from an earlier run) or ``"failed"``.
-    cell_type : str
-        Predicted image cell type (``""`` when failed).
-    counts : dict of str to int
-        Instances per cell type.
-    reason : str
-        One line, when failed.
-    """
-
-    name: str
-    path: str
-    status: str
-    cell_type: str = ""
-    counts: dict[str, int] = field(default_factory=dict)
-    reason: str = ""
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -150,20 +78,6 @@ class BatchResult:
         return self.with_status("failed")
 
 
-# ----------------------------------------------------------------------------- file names
-def masks_path(out_dir: str | os.PathLike, name: str) -> Path:
-    """``out_dir/<name>_masks.tif``."""
-    return Path(out_dir) / f"{name}_masks.tif"
-
-
-def _overlay_path(out_dir: Path, name: str) -> Path:
-    return out_dir / f"{name}_overlay.png"
-
-
-def _record_path(out_dir: Path, name: str) -> Path:
-    return out_dir / RECORD_DIR / f"{name}.json"
-
-
 def _settings(model_path: str | None, config: BatchConfig) -> dict[str, Any]:
     """What the outputs depend on: the model file (path and modification time) and options."""
     if model_path is None:
@@ -173,111 +87,6 @@ def _settings(model_path: str | None, config: BatchConfig) -> dict[str, Any]:
         model = f"{path}@{path.stat().st_mtime_ns}" if path.is_file() else str(path)
     return {"model": model, "tile": config.tile, "tta": config.tta, "scale": config.scale,
             "precision": config.precision}
-
-
-# ----------------------------------------------------------------------------- one image
-def _complete(out_dir: Path, name: str, settings: dict[str, Any], overlay: bool
-              ) -> dict[str, Any] | None:
-    """The record of a complete earlier result for ``name``, else None."""
-    from flowseg.io.images import read_labels
-
-    try:
-        record = json.loads(_record_path(out_dir, name).read_text(encoding="utf-8"))
-        if record.get("settings") != settings:
-            return None
-        if list(read_labels(masks_path(out_dir, name)).shape) != record["shape"]:
-            return None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if overlay and not _overlay_path(out_dir, name).is_file():
-        return None
-    return record
-
-
-def _write_outputs(out_dir: Path, name: str, path: str, image, result, settings: dict[str, Any],
-                   overlay: bool) -> ImageOutcome:
-    """Mask, overlay, then the record (last: it marks the image complete)."""
-    from flowseg.io.images import write_labels
-
-    write_labels(masks_path(out_dir, name), result.labels)
-    if overlay:
-        from flowseg.io.png import write_rgb_png
-        from flowseg.visualize import overlay_outlines
-
-        index = {n: k for k, n in enumerate(result.class_names)}
-        rgb = overlay_outlines(image, result.labels, [index[t] for t in result.cell_types])
-        write_rgb_png(_overlay_path(out_dir, name), rgb)
-    counts = dict(Counter(result.cell_types))
-    record = {"name": name, "source": path, "shape": list(result.labels.shape),
-              "cell_type": result.image_cell_type, "counts": counts, "settings": settings}
-    record_path = _record_path(out_dir, name)
-    with atomic_path(record_path) as tmp:
-        tmp.write_text(json.dumps(record), encoding="utf-8")
-    return ImageOutcome(name, path, "done", result.image_cell_type, counts)
-
-
-def _reason(exc: BaseException) -> str:
-    """One line: the exception's first line, prefixed by its type."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-# ----------------------------------------------------------------------------- one task
-def _segment_images(images: list, model, config: BatchConfig) -> list:
-    """Segment together; when that fails, one by one (an exception stands for that image)."""
-    from flowseg.api import segment
-
-    def run(batch):
-        return segment(batch, model, batch_size=config.batch_size, tile=config.tile,
-                       tta=config.tta, scale=config.scale, precision=config.precision)
-
-    try:
-        return run(images)
-    except (ValueError, TypeError, RuntimeError):
-        if len(images) == 1:
-            raise
-    results = []
-    for image in images:
-        try:
-            results.extend(run([image]))
-        except (ValueError, TypeError, RuntimeError) as exc:
-            results.append(exc)
-    return results
-
-
-def segment_chunk(paths: Sequence[str], out_dir: str | os.PathLike, *, model, config: BatchConfig,
-                  settings: dict[str, Any], overwrite: bool = False) -> list[ImageOutcome]:
-    """Segment one chunk of image files with a loaded ``model`` and write their outputs.
-
-    Complete images are skipped unless ``overwrite``; unreadable or unsegmentable images become
-    ``"failed"`` outcomes. Returns one outcome per path, in order.
-    """
-    from flowseg.io.images import read_image
-
-    out_dir = Path(out_dir)
-    outcomes: dict[str, ImageOutcome] = {}
-    todo: list[tuple[str, str, Any]] = []
-    for path in paths:
-        name = Path(path).stem
-        record = None if overwrite else _complete(out_dir, name, settings, config.overlay)
-        if record is not None:
-            outcomes[path] = ImageOutcome(name, path, "skipped", record["cell_type"],
-                                          dict(record["counts"]))
-            continue
-        try:
-            todo.append((path, name, read_image(path)))
-        except (OSError, ValueError) as exc:
-            outcomes[path] = ImageOutcome(name, path, "failed", reason=_reason(exc))
-    results = _segment_images([image for _, _, image in todo], model, config) if todo else []
-    for (path, name, image), result in zip(todo, results):
-        try:
-            if isinstance(result, BaseException):
-                raise result
-            outcomes[path] = _write_outputs(out_dir, name, path, image, result, settings,
-                                            config.overlay)
-        except (OSError, ValueError, TypeError, RuntimeError) as exc:
-            outcomes[path] = ImageOutcome(name, path, "failed", reason=_reason(exc))
-    return [outcomes[p] for p in paths]
 
 
 # ----------------------------------------------------------------------------- dask
@@ -296,8 +105,7 @@ def local_client(n_workers: int) -> Iterator[Any]:
     """A one-machine Dask cluster: ``n_workers`` processes of one (Dask) thread each, and its
     client. Set ``BatchConfig.worker_threads`` to share the cores among the workers' torch."""
     distributed = require_distributed()
-    if not isinstance(n_workers, int) or n_workers < 1:
-        raise ValueError(f"n_workers: expected an int >= 1, got {n_workers!r}")
+    _check_int("n_workers", n_workers, minimum=1)
     with distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
@@ -328,30 +136,112 @@ def _dask_outcomes(client, chunks: list[list[str]], out_dir: str, model_path: st
         try:
             outcomes.extend(future.result())
         except Exception as exc:  # noqa: BLE001 - a lost worker fails its chunk, not the run
-            outcomes.extend(ImageOutcome(Path(p).stem, p, "failed", reason=_reason(exc))
+            outcomes.extend(ImageOutcome(Path(p).stem, p, "failed", reason=one_line(exc))
                             for p in chunk)
         bar.update(len(chunk))
     client.unregister_worker_plugin(plugin.name)
     return outcomes
 
 
-# ----------------------------------------------------------------------------- entry point
-def _write_reports(out_dir: Path, outcomes: Sequence[ImageOutcome]) -> None:
-    """``cell_types.csv`` for the segmented images; ``failed.csv`` (or none) for the failures."""
-    from flowseg.io.folders import write_cell_types
+# ----------------------------------------------------------------------------- reports
+def merge_reports(outcomes: Sequence[ImageOutcome], *, recorded: dict[str, str],
+                  old_types: dict[str, str], old_failed: Sequence[tuple[str, str, str]],
+                  masks: set[str]) -> tuple[dict[str, str], list[tuple[str, str, str]]]:
+    """What ``cell_types.csv`` and ``failed.csv`` hold after a run: the whole folder, not the run.
 
-    write_cell_types(out_dir, {o.name: o.cell_type for o in outcomes if o.status != "failed"})
-    failed = [o for o in outcomes if o.status == "failed"]
+    Parameters
+    ----------
+    outcomes : sequence of ImageOutcome
+        This run's.
+    recorded : dict of str to str
+        Cell type of every image of the folder with an intact record and a mask file.
+    old_types : dict of str to str
+        The ``cell_types.csv`` found in the folder (rows of images without a record, e.g.
+        written before records existed, are kept while their mask file is there).
+    old_failed : sequence of (name, path, reason)
+        The ``failed.csv`` found in the folder.
+    masks : set of str
+        Names of the folder's ``<name>_masks.tif`` files.
+
+    Returns
+    -------
+    cell_types : dict of str to str
+        Sorted by name: this run's images that did not fail (with this run's type), and every
+        other image of the folder that is complete.
+    failed : list of (name, path, reason)
+        This run's failures, after those of earlier runs whose images were not in this run and
+        are still not complete.
+    """
+    types = {name: t for name, t in old_types.items() if name in masks}
+    types.update(recorded)
+    for o in outcomes:
+        if o.status == "failed":
+            types.pop(o.name, None)
+        else:
+            types[o.name] = o.cell_type
+    this_run = {o.name for o in outcomes}
+    failed = [row for row in old_failed if row[0] not in this_run and row[0] not in types]
+    failed += [(o.name, o.path, o.reason) for o in outcomes if o.status == "failed"]
+    return dict(sorted(types.items())), failed
+
+
+def _read_failed(path: Path) -> list[tuple[str, str, str]]:
+    from flowseg.io.csvfile import open_csv
+
+    with open_csv(path, "failure report") as reader:
+        if reader.header[:3] != list(FAILED_COLUMNS):
+            raise InputError(f"failure report {path}: expected the header "
+                             f"{','.join(FAILED_COLUMNS)!r}, got {','.join(reader.header)!r}")
+        return [(r["name"], r["path"], r["reason"]) for r in reader.records() if r["name"]]
+
+
+def _old_report(read: Callable[[Path], _T], path: Path, empty: _T) -> _T:
+    """An earlier report of the folder; ``empty`` (with a warning) when missing or unreadable."""
+    if not path.is_file():
+        return empty
+    try:
+        return read(path)
+    except InputError as exc:
+        log.warning("%s; rebuilding it from the folder's records", exc)
+        return empty
+
+
+def _recorded_types(out_dir: Path) -> dict[str, str]:
+    """Cell type of each image of ``out_dir`` with an intact record and a mask file."""
+    types = {}
+    for path in sorted((out_dir / RECORD_DIR).glob("*.json")):
+        record = None if path.name.startswith(".") else read_record(out_dir, path.stem)
+        if record is not None and masks_path(out_dir, path.stem).is_file():
+            types[path.stem] = record["cell_type"]
+    return types
+
+
+def _write_reports(out_dir: Path, outcomes: Sequence[ImageOutcome]) -> None:
+    """``cell_types.csv`` and ``failed.csv`` (or none) of the whole folder: see
+    :func:`merge_reports`."""
+    from flowseg.io.folders import CELL_TYPES_FILE, read_cell_types, write_cell_types
+
     report = out_dir / FAILED_FILE
+    types, failed = merge_reports(
+        outcomes, recorded=_recorded_types(out_dir),
+        old_types=_old_report(read_cell_types, out_dir / CELL_TYPES_FILE, {}),
+        old_failed=_old_report(_read_failed, report, []),
+        masks={p.name[:-len("_masks.tif")] for p in out_dir.glob("*_masks.tif")})
+    write_cell_types(out_dir, types)
+    earlier = len(failed) - sum(o.status == "failed" for o in outcomes)
+    if earlier:
+        log.info("%s also lists %d image(s) of earlier runs that are still not complete",
+                 report, earlier)
     if not failed:
         report.unlink(missing_ok=True)
         return
     with atomic_path(report) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["name", "path", "reason"])
-        writer.writerows([o.name, o.path, o.reason] for o in failed)
+        writer.writerow(FAILED_COLUMNS)
+        writer.writerows(failed)
 
 
+# ----------------------------------------------------------------------------- entry point
 def _check_paths(paths: Sequence[str | os.PathLike]) -> list[str]:
     """Absolute paths (workers may run elsewhere) with distinct, non-hidden stems."""
     paths = [str(Path(p).absolute()) for p in paths]
@@ -377,7 +267,8 @@ def segment_files(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike
         Image files with distinct stems (outputs are named after the stem). Relative paths
         are made absolute here, so workers must see the same file system paths.
     out_dir : path-like
-        Output folder (created); on a cluster, writable by every worker.
+        Output folder (created; an existing file there is an InputError); on a cluster,
+        writable by every worker.
     model_path : path-like, optional
         Checkpoint; None = the model shipped with flowseg. Workers load it from this path.
     client : distributed.Client, optional
@@ -393,22 +284,30 @@ def segment_files(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike
     -------
     BatchResult
         Outcomes in input order. ``out_dir`` also gets ``cell_types.csv`` and, when images
-        failed, ``failed.csv``.
+        failed, ``failed.csv``, both of the whole folder (see :func:`merge_reports`).
+
+    Raises
+    ------
+    ValueError
+        Before any image is read: duplicate image names, an ``out_dir`` that is a file, a
+        ``config.tile`` the model cannot take; a model file that is not one (InputError).
     """
     from tqdm.auto import tqdm
 
-    from flowseg.api import load_model
+    from flowseg.api import check_tile, load_model
+    from flowseg.io.folders import check_out_folder
 
     config = BatchConfig() if config is None else config
     if not isinstance(config, BatchConfig):
         raise TypeError(f"config: expected a BatchConfig or None, got {type(config).__name__}")
     paths = _check_paths(paths)
     model_path = None if model_path is None else str(Path(model_path).absolute())
-    out = Path(out_dir).absolute()
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_out_folder(Path(out_dir).absolute(), "out_dir")
     settings = _settings(model_path, config)
     # Loaded here too: checks the file before any task runs, gives the class names.
     model = load_model(model_path, device="cpu" if client is not None else config.device)
+    check_tile(config.tile, size_multiple=model.model_config.size_multiple)
+    out.mkdir(parents=True, exist_ok=True)
     chunks = [paths[i:i + config.chunk] for i in range(0, len(paths), config.chunk)]
     with tqdm(total=len(paths), unit="img", disable=not progress) as bar:
         if client is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["InputError"]
+__all__ = ["InputError", "one_line"]
 
 
 class InputError(ValueError):
@@ -10,3 +10,25 @@ class InputError(ValueError):
 
     The message names the input (file, image id, row) and what was expected.
     """
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message.
+
+    Parameters
+    ----------
+    exc : BaseException
+
+    Returns
+    -------
+    str
+        ``"Type: first line"``, or ``"Type"`` when the message is empty.
+
+    Examples
+    --------
+    >>> one_line(ValueError("bad value\\nmore detail"))
+    'ValueError: bad value'
+    """
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

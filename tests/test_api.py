@@ -254,3 +254,74 @@ def test_scale_runs_the_network_at_the_scaled_size_and_returns_full_size_labels(
     assert image_score(labels, res.labels).tp[0] >= 0.8 * labels.max()
     with pytest.raises(ValueError, match="scale"):
         segment([np.zeros((128, 128), np.float32)], model, tile=None, scale=0.0)
+
+
+@pytest.mark.parametrize("tile, expected", [(None, None), (0, None), (np.int64(0), None),
+                                            (16, 16), (np.int64(256), 256)])
+def test_check_tile_zero_and_none_mean_untiled(tile, expected):
+    from flowseg.api import check_tile
+
+    assert check_tile(tile, size_multiple=8) == expected
+
+
+@pytest.mark.parametrize("tile, exc, message", [
+    (20, ValueError, r"tile: expected 0 \(whole images, untiled\) or a tile side in pixels that "
+                     r"is a positive multiple of 8 \(this model halves the image size 3 times\), "
+                     r"e.g. 16 or 24; got 20"),
+    (4, ValueError, r"multiple of 8 .*e.g. 8 or 16; got 4"),
+    (-256, ValueError, r"e.g. 256; got -256"),
+    (256.0, TypeError, r"tile: expected an int \(0 or None: whole images, untiled\), got float"),
+    (True, TypeError, r"got bool True"),
+])
+def test_check_tile_says_which_sizes_are_allowed(tile, exc, message):
+    from flowseg.api import check_tile
+
+    with pytest.raises(exc, match=message):
+        check_tile(tile, size_multiple=8)
+
+
+def test_tile_zero_is_untiled_in_segment_and_predict_maps():
+    model = tiny_model()
+    image = np.random.default_rng(0).random((40, 56)).astype(np.float32)
+    np.testing.assert_array_equal(predict_maps([image], model, tile=0)[0].numpy(),
+                                  predict_maps([image], model, tile=None)[0].numpy())
+    with pytest.raises(ValueError, match="multiple of 4"):  # widths (8, 16, 32): 2 poolings
+        segment([image], model, tile=18)
+
+
+@pytest.mark.parametrize("batch_size, exc", [(2.5, TypeError), (True, TypeError), ("8", TypeError),
+                                             (0, ValueError)])
+def test_batch_size_must_be_an_int(batch_size, exc):
+    model = tiny_model()
+    image = np.zeros((32, 32), np.float32)
+    with pytest.raises(exc, match="batch_size: expected an int"):
+        segment([image], model, batch_size=batch_size)
+    with pytest.raises(exc, match="batch_size: expected an int"):
+        predict_maps([image], model, batch_size=batch_size)
+
+
+@pytest.mark.parametrize("model, message", [
+    ("x.pt", r"model: expected a loaded flowseg Model, got the path 'x.pt'; load it once first: "
+             r"model = flowseg.load_model\('x.pt'\)"),
+    (None, r"model: expected a loaded flowseg Model \(flowseg.load_model\(path\), or "
+           r"flowseg.load_model\(\) for the shipped default\), got NoneType None"),
+])
+def test_model_must_be_a_loaded_model(model, message):
+    with pytest.raises(TypeError, match=message):
+        segment([np.zeros((32, 32))], model)
+    with pytest.raises(TypeError, match=message):
+        predict_maps([np.zeros((32, 32))], model)
+
+
+@pytest.mark.parametrize("images", [None, "a.tif", 3])
+def test_images_must_be_a_list_of_arrays(images):
+    with pytest.raises(TypeError, match=r"images: expected a list of arrays \(H, W\) or "
+                                        r"\(C, H, W\) \(read files with "
+                                        r"flowseg.io.images.read_image\), got"):
+        segment(images, tiny_model())
+
+
+def test_wrong_channels_say_how_many_the_model_takes():
+    with pytest.raises(ValueError, match=r"images\[1\]: the model takes 1 channel\(s\), got an "
+                                         r"image of shape \(5, 32, 32\) \(5 channels"):
+        predict_maps([np.zeros((32, 32)), np.zeros((5, 32, 32))], tiny_model())

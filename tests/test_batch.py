@@ -4,10 +4,14 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from flowseg.batch import BatchConfig, FAILED_FILE, local_client, masks_path, segment_files
-from flowseg.io.images import read_labels
+from flowseg.batch import (FAILED_FILE, RECORD_DIR, BatchConfig, ImageOutcome, local_client,
+                           masks_path, merge_reports, segment_files)
+from flowseg.errors import InputError
+from flowseg.io.images import read_labels, write_image
 from tests.batch_fixtures import write_images, write_tiny_model
+from tests.damaged_files import DAMAGE, damage
 
 CONFIG = BatchConfig(device="cpu", chunk=2, overlay=True, worker_threads=1)
 
@@ -57,7 +61,10 @@ def test_in_process_writes_outputs_reports_failure_and_skips_on_rerun(inputs, tm
     third = segment_files(paths[:2], tmp_path, model_path=model, config=CONFIG)
     assert [o.status for o in third.outcomes] == ["done", "done"]
     np.testing.assert_array_equal(read_labels(masks_path(tmp_path, "img0")), masks["img0"])
-    assert not (tmp_path / FAILED_FILE).exists()  # no failure in this run
+    # The reports cover the folder, not the run: the other images keep their cell types, and
+    # bad.tif (not in this run, still not complete) stays in failed.csv.
+    assert [r[0] for r in _rows(tmp_path / "cell_types.csv")[1:]] == sorted(masks)
+    assert [r[0] for r in _rows(tmp_path / FAILED_FILE)[1:]] == ["bad"]
 
 
 def test_local_dask_cluster_equals_in_process_and_skips_on_rerun(inputs, tmp_path):
@@ -103,3 +110,140 @@ def test_changed_settings_redo_complete_images(inputs, tmp_path):
                          config=dataclasses.replace(CONFIG, precision="fp32"))
     assert [r.outcomes[0].status for r in (first, same, tta, forced, fp32)] == \
         ["done", "skipped", "done", "done", "done"]
+
+
+# ----------------------------------------------------------------------------- reports
+def _outcome(name, status, cell_type="round", reason=""):
+    return ImageOutcome(name, f"/in/{name}.tif", status, cell_type if status != "failed" else "",
+                        reason=reason)
+
+
+def test_merge_reports_cover_the_folder_not_the_run():
+    outcomes = [_outcome("a", "done", "spindly"), _outcome("b", "failed", reason="R: b"),
+                _outcome("c", "skipped")]
+    types, failed = merge_reports(
+        outcomes,
+        recorded={"a": "round", "b": "round", "c": "round", "d": "round", "e": "spindly"},
+        old_types={"a": "round", "d": "spindly", "f": "round", "gone": "round"},
+        old_failed=[("b", "/in/b.tif", "old"), ("e", "/in/e.tif", "old"),
+                    ("g", "/in/g.tif", "R: g")],
+        masks={"a", "b", "c", "d", "e", "f"})
+    # a: this run's type; b failed now; d, e: records win; f: an old row whose mask is there;
+    # gone: an old row without a mask.
+    assert types == {"a": "spindly", "c": "round", "d": "round", "e": "spindly", "f": "round"}
+    # e is complete now (dropped); g is still not complete (kept); b: this run's reason.
+    assert failed == [("g", "/in/g.tif", "R: g"), ("b", "/in/b.tif", "R: b")]
+
+
+def test_second_run_with_other_images_keeps_the_first_runs_reports(inputs, tmp_path):
+    model, paths = inputs
+    first = segment_files(paths[:3], tmp_path, model_path=model, config=CONFIG)  # img0 img1 bad
+    second = segment_files(paths[3:], tmp_path, model_path=model, config=CONFIG)  # img2 img3 img4
+    assert [o.status for o in second.outcomes] == ["done"] * 3
+    types = {o.name: o.cell_type for o in (*first.outcomes, *second.outcomes) if o.name != "bad"}
+    assert dict(_rows(tmp_path / "cell_types.csv")[1:]) == dict(sorted(types.items()))
+    assert [r[0] for r in _rows(tmp_path / FAILED_FILE)[1:]] == ["bad"]
+
+    # bad.tif repaired (a good image under that name): done now, gone from failed.csv.
+    fixed = tmp_path / "fixed" / "bad.tif"
+    fixed.parent.mkdir()
+    fixed.write_bytes(paths[0].read_bytes())
+    assert segment_files([fixed], tmp_path, model_path=model, config=CONFIG).failed == []
+    assert not (tmp_path / FAILED_FILE).exists()
+    assert [r[0] for r in _rows(tmp_path / "cell_types.csv")[1:]] == \
+        ["bad", "img0", "img1", "img2", "img3", "img4"]
+
+
+def test_unreadable_old_reports_are_rebuilt_from_the_records(inputs, tmp_path, caplog):
+    model, paths = inputs
+    segment_files(paths[:2], tmp_path, model_path=model, config=CONFIG)
+    (tmp_path / "cell_types.csv").write_bytes(b"name,cell_type\n\xff\xfe\n")
+    (tmp_path / FAILED_FILE).write_bytes(b"")
+    segment_files(paths[3:4], tmp_path, model_path=model, config=CONFIG)
+    assert [r[0] for r in _rows(tmp_path / "cell_types.csv")[1:]] == ["img0", "img1", "img2"]
+    assert "cell_types.csv line 2: not UTF-8" in caplog.text
+    assert not (tmp_path / FAILED_FILE).exists()
+
+
+# ----------------------------------------------------------------------------- damaged outputs
+@pytest.mark.parametrize("how", DAMAGE)
+def test_damaged_output_mask_or_record_is_redone(inputs, tmp_path, how):
+    model, paths = inputs
+    segment_files(paths[:2], tmp_path, model_path=model, config=CONFIG)
+    good = read_labels(masks_path(tmp_path, "img0"))
+    damage(masks_path(tmp_path, "img0"), how)
+    damage(tmp_path / RECORD_DIR / "img1.json", how)
+    again = segment_files(paths[:2], tmp_path, model_path=model, config=CONFIG)
+    assert [o.status for o in again.outcomes] == ["done", "done"]
+    np.testing.assert_array_equal(read_labels(masks_path(tmp_path, "img0")), good)
+
+
+# ----------------------------------------------------------------------------- bad inputs
+def _bad_channel_images(directory):
+    """Images a 1-channel model cannot take: colour (RGB, RGBA), 2 channels, a z-stack."""
+    rng = np.random.default_rng(0)
+    directory.mkdir()
+    Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(directory / "rgb.png")
+    Image.fromarray(rng.integers(0, 255, (64, 80, 4), dtype=np.uint8)).save(directory / "rgba.png")
+    write_image(directory / "two.tif", rng.integers(0, 999, (2, 64, 80)).astype(np.uint16))
+    write_image(directory / "zstack.tif", rng.integers(0, 999, (5, 64, 80)).astype(np.uint16))
+    return sorted(directory.iterdir())
+
+
+@pytest.mark.parametrize("chunk", [1, 8])
+def test_wrong_channels_fail_their_image_only(inputs, tmp_path, chunk):
+    model, paths = inputs
+    bad = _bad_channel_images(tmp_path / "bad")
+    config = dataclasses.replace(CONFIG, chunk=chunk)
+    result = segment_files([paths[0], *bad, paths[1]], tmp_path / "out", model_path=model,
+                           config=config)
+    assert [o.status for o in result.outcomes] == ["done"] + ["failed"] * 4 + ["done"]
+    for outcome, path in zip(result.failed, bad):
+        assert f"image {path}: the model takes 1 channel(s)" in outcome.reason
+        assert "images[0]" not in outcome.reason
+    rows = _rows(tmp_path / "out" / FAILED_FILE)[1:]
+    assert [r[:2] for r in rows] == [[p.stem, str(p)] for p in bad]
+
+
+def test_batch_config_checks_ints_and_tiles(inputs, tmp_path):
+    with pytest.raises(TypeError, match="batch_size: expected an int, got float 2.5"):
+        BatchConfig(batch_size=2.5)
+    with pytest.raises(TypeError, match="chunk: expected an int, got bool True"):
+        BatchConfig(chunk=True)
+    with pytest.raises(TypeError, match="worker_threads: expected an int"):
+        BatchConfig(worker_threads=1.0)
+    with pytest.raises(TypeError, match="tta: expected a bool, got 1"):
+        BatchConfig(tta=1)
+    assert BatchConfig(tile=0).tile is None and BatchConfig(tile=None).tile is None
+    with pytest.raises(ValueError, match=r"tile: expected 0 \(whole images, untiled\) or a "
+                                         r"positive tile side in pixels, e.g. 256; got -1"):
+        BatchConfig(tile=-1)
+    model, paths = inputs
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="positive multiple of 2 .*got 33"):  # widths (8, 16)
+        segment_files(paths[:1], out, model_path=model, config=BatchConfig(tile=33))
+    assert not out.exists()  # refused before anything was written
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="out_dir .*file: exists and is not a folder"):
+        segment_files(paths[:1], tmp_path / "file", model_path=model, config=CONFIG)
+
+
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_an_image_that_cannot_be_segmented_fails_alone(inputs, tmp_path, monkeypatch, chunk):
+    import flowseg.api
+
+    model, paths = inputs
+    segment = flowseg.api.segment
+
+    def fails_on_64x64(images, *args, **kwargs):
+        if any(image.shape == (64, 64) for image in images):
+            raise RuntimeError("no room for this image")
+        return segment(images, *args, **kwargs)
+
+    monkeypatch.setattr(flowseg.api, "segment", fails_on_64x64)
+    odd = tmp_path / "odd.tif"
+    write_image(odd, np.zeros((64, 64), np.uint16))
+    result = segment_files([paths[0], odd, paths[1]], tmp_path / "out", model_path=model,
+                           config=dataclasses.replace(CONFIG, chunk=chunk))
+    assert [o.status for o in result.outcomes] == ["done", "failed", "done"]
+    assert result.failed[0].reason == "RuntimeError: no room for this image"

@@ -18,6 +18,7 @@ from pathlib import Path
 from flowseg.cli._common import run_main, setup_logging
 from flowseg.data.rescale import check_scale
 from flowseg.errors import InputError
+from flowseg.io.folders import check_out_folder
 from flowseg.io.prep import PrepItem, coco_items, format_summary, prepare_dataset, sartorius_items, usiigaci_items
 
 __all__ = ["build_parser", "main", "run"]
@@ -101,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``data_prep``; returns the exit status (user errors raise, see ``run``)."""
     args = build_parser().parse_args(argv)
     setup_logging(args.quiet)
+    check_out_folder(args.out)
     train_only: list[str] = []
     if args.source == "sartorius":
         items = sartorius_items(args.csv, args.images, fill_holes=args.fill_holes)

@@ -39,7 +39,8 @@ from flowseg.errors import InputError
 from flowseg.evaluation import (TruthImage, check_prediction_ids, format_confusion_table,
                                 format_summary_table, per_image_table, score_images, summarize)
 from flowseg.io.atomic import atomic_path
-from flowseg.io.folders import CELL_TYPES_FILE, list_folder, list_masks, read_cell_types
+from flowseg.io.folders import (CELL_TYPES_FILE, check_out_folder, list_folder, list_masks,
+                                read_cell_types)
 from flowseg.io.images import read_labels
 from flowseg.io.sartorius import read_train_csv
 from flowseg.io.submission import read_submission
@@ -223,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return tune.main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging(args.quiet)
+    check_out_folder(args.out)
     truth = _truth_source(args.truth)
     if args.ids is not None:
         truth = _restrict(truth, _read_ids(args.ids), args.ids)

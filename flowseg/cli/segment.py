@@ -5,11 +5,14 @@
                     [--submission submission.csv] [--batch-size 8] [--device auto]
                     [--dask SCHEDULER_ADDRESS|local [--workers N]] [--chunk 8] [--overwrite]
 
-Writes ``<name>_masks.tif`` (and ``<name>_overlay.png``) per image, ``cell_types.csv`` (each
-image's predicted cell type) and, when images failed, ``failed.csv`` into ``--out``; prints a
-table of cells per image and type. Images whose outputs are complete from an earlier run are
-skipped (``--overwrite`` redoes them). A failed image is reported and the others go on; the exit
-code is 1 when any failed. ``--dask`` maps chunks of images over a Dask cluster
+Writes ``<name>_masks.tif`` (and ``<name>_overlay.png``) per image, ``cell_types.csv`` (the
+predicted cell type of every complete image in ``--out``, earlier runs' included) and, when
+images failed, ``failed.csv`` into ``--out``; prints a table of cells per image and type.
+Images whose outputs are complete from an earlier run are skipped (``--overwrite`` redoes them;
+a damaged output is redone). A failed image (unreadable, damaged, other channels) is reported
+and the others go on; the exit code is 1 when any of this run failed, 2 on a user error before
+any image is segmented (bad option, model file, ``--out`` that is a file).
+``--dask`` maps chunks of images over a Dask cluster
 (``local``: a cluster of ``--workers`` processes on this machine); see :mod:`flowseg.batch`.
 """
 
@@ -45,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlay", action="store_true", help="also write <name>_overlay.png (outlines by cell type)")
     p.add_argument("--submission", default=None, help="also write a competition submission CSV here")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--tile", type=int, default=None, help="network tile side (default: flowseg.api.DEFAULT_TILE)")
+    p.add_argument("--tile", type=int, default=None,
+                   help="network tile side in pixels, a multiple of the model's size multiple "
+                        "(8 for the default model); 0 = whole images, untiled (default: "
+                        "flowseg.api.DEFAULT_TILE = 256)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="network arithmetic: auto (default) = bf16 on CUDA and on CPUs with native "
@@ -137,6 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.quiet)
     from flowseg.api import DEFAULT_TILE
     from flowseg.batch import BatchConfig, segment_files
+    from flowseg.io.folders import check_out_folder
+
+    out = check_out_folder(args.out)
 
     if args.demo:
         from flowseg.model.pretrained import sample_paths
@@ -147,9 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ValueError("inputs: expected image files or folders (or --demo for the shipped samples)")
     else:
         paths = find_images(args.inputs)
-    out = Path(args.out)
     config = BatchConfig(device=args.device, batch_size=args.batch_size,
-                         tile=args.tile or DEFAULT_TILE, tta=args.tta, scale=args.scale,
+                         tile=DEFAULT_TILE if args.tile is None else args.tile, tta=args.tta,
+                         scale=args.scale,
                          overlay=args.overlay,
                          chunk=args.chunk, worker_threads=_worker_threads(args),
                          precision=args.precision)

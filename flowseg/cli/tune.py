@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from flowseg.api import DEFAULT_TILE, load_model, predict_maps
+from flowseg.api import DEFAULT_TILE, check_image, load_model, predict_maps
 from flowseg.cli._common import run_main, setup_logging
 from flowseg.config import CLASS_SOURCES
 from flowseg.errors import InputError
@@ -132,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     grid = TuningGrid(args.cellprob_grid, args.flow_grid, args.min_size_grid, args.min_flow_grid)
     model = load_model(args.model, device=args.device)
     items = _read_data(args.data, model.class_names)
-    images = [read_image(i.image_path) for i in items]
+    images = [check_image(read_image(i.image_path), model.model_config.in_channels,
+                          f"image {i.image_path}") for i in items]
     maps = predict_maps(images, model, batch_size=args.batch_size, tile=args.tile or None,
                         scale=args.scale, precision=args.precision)
     data = TuningData(maps, [read_labels(i.masks_path) for i in items],

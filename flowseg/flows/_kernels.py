@@ -5,8 +5,9 @@ no kernel loops over cells in Python, and each costs O(pixels). The same-label n
 pixel are one ``uint8`` bit mask: bit ``k`` is set when the 8-neighbour in direction
 ``RING[k]`` is inside the image and has the same non-zero label. The torch route
 (:mod:`flowseg.flows.targets`, :mod:`flowseg.flows.masks`) computes the same quantities with
-tensor operations; the tests compare the two. Compiled code is cached on disk (``cache=True``),
-so only the first call after installation pays the compile time (measured on the shared
+tensor operations; the tests compare the two. Compiled code is cached on disk (``cache=True``;
+where, when numba's own folders are read-only: :mod:`flowseg.flows._numba_cache`), so only the
+first call after installation pays the compile time (measured on the shared
 2-core machine: ~7 s for the targets kernels, ~7 s more for the labelling ones; ~0.05 s to
 load them from the cache afterwards).
 """
@@ -16,8 +17,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
 
+from flowseg.flows._numba_cache import kernel
 from flowseg.flows.follow import RING
 
 __all__ = ["centre_pixels", "descent_flows", "dial_distance", "drop_ids",
@@ -39,7 +40,7 @@ SECTOR_LIMITS = (float(np.float32(math.pi / 8 - math.radians(_TIE_MARGIN))),
 _TIE, _SNAP = SECTOR_LIMITS
 
 
-@njit(cache=True)
+@kernel
 def same_label_neighbours(labels):
     """(B, H, W) int labels -> (B * H * W,) uint8 masks of the same-label 8-neighbours."""
     nb, h, w = labels.shape
@@ -59,7 +60,7 @@ def same_label_neighbours(labels):
     return out
 
 
-@njit(cache=True)
+@kernel
 def centre_pixels(labels, top, n, h, w):
     """Per id 0..n-1 the flat index of its pixel nearest its centroid (first in raster order
     on ties), -1 for absent ids. Pixel ``p`` of image ``b`` with ``labels[p] > 0`` (flat
@@ -88,7 +89,7 @@ def centre_pixels(labels, top, n, h, w):
     return first
 
 
-@njit(cache=True)
+@kernel
 def _root(parent, p):
     while parent[p] != p:
         parent[p] = parent[parent[p]]
@@ -96,7 +97,7 @@ def _root(parent, p):
     return p
 
 
-@njit(cache=True)
+@kernel
 def piece_ids(nbr, labels, w):
     """8-connected same-label pieces: (B * H * W,) ids 1..K numbered in raster order of each
     piece's first pixel (0 outside cells, ``labels == 0``), and K."""
@@ -119,7 +120,7 @@ def piece_ids(nbr, labels, w):
     return ids, k
 
 
-@njit(cache=True)
+@kernel
 def largest_pieces(pieces, k, labels, top, hw):
     """(K + 1,) bool indexed by piece id: the largest piece of its cell (id ``b * top +
     label``; ties: the piece whose first pixel comes first); entry 0 is False."""
@@ -140,7 +141,7 @@ def largest_pieces(pieces, k, labels, top, hw):
     return keep
 
 
-@njit(cache=True)
+@kernel
 def _with_room(buf, used, extra):
     """``buf`` if it has room for ``extra`` more entries after ``used``, else a bigger copy."""
     if used + extra <= buf.size:
@@ -150,7 +151,7 @@ def _with_room(buf, used, extra):
     return bigger
 
 
-@njit(cache=True)
+@kernel
 def dial_distance(nbr, sources, w):
     """Exact shortest paths from ``sources`` over the same-label edges (weights 1, sqrt 2).
 
@@ -196,7 +197,7 @@ def dial_distance(nbr, sources, w):
     return dist, reached
 
 
-@njit(cache=True)
+@kernel
 def _envelope(f, v, z, out):
     """Exact 1-D squared distance transform of ``f`` (-1 = infinite) into ``out`` (Felzenszwalb
     and Huttenlocher's lower envelope of parabolas; all values are integers, so it is exact)."""
@@ -226,7 +227,7 @@ def _envelope(f, v, z, out):
         out[q] = (q - v[j]) ** 2 + f[v[j]]
 
 
-@njit(cache=True)
+@kernel
 def subtract_inner_edt(values, nbr, nb, h, w, weight):
     """``values -= weight * edt`` in place, where ``edt`` is the Euclidean distance of every
     pixel to the nearest pixel that is not inner (``nbr != 255``: background, or a cell pixel
@@ -262,7 +263,7 @@ def subtract_inner_edt(values, nbr, nb, h, w, weight):
                     values[base + y * w + x] -= weight * math.sqrt(res[x])
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def _snap(theta, down):
     """Angle ``theta`` turned into the sector of a downhill neighbour (bit k of ``down``), away
     from bad boundaries (see ``targets._snap_to_downhill``, whose torch code this mirrors, ties
@@ -289,7 +290,7 @@ def _snap(theta, down):
     return 0.0, 2 * k + (1 if delta >= 0 else 0) + (0 if tight else 16)
 
 
-@njit(cache=True)
+@kernel
 def _snapped_table():
     """(32, 2) sin and cos of every snapped angle ``k * pi/4 -+ limit`` (see :func:`_snap`)."""
     table = np.empty((32, 2))
@@ -301,7 +302,7 @@ def _snapped_table():
     return table
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def _direction(diff, valid):
     """Least-squares descent direction (dy, dx) from the differences to the valid neighbours
     (bit k of ``valid``), or the steepest neighbour's direction where the fit vanishes."""
@@ -322,7 +323,7 @@ def _direction(diff, valid):
     return vy, vx
 
 
-@njit(cache=True)
+@kernel
 def descent_flows(nbr, potential, nb, h, w):
     """Unit flows (B, 2, H, W) float32 down ``potential`` (flat float64) inside each cell."""
     flows = np.zeros((nb, 2, h * w), dtype=np.float32)
@@ -351,7 +352,7 @@ def descent_flows(nbr, potential, nb, h, w):
     return flows.reshape(nb, 2, h, w)
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def _shorter(fy, fx, limit):
     """``hypot(fy, fx) < limit``, from the squared length unless the two are within 1e-6 of
     each other (there ``hypot`` decides, so the answer is always hypot's)."""
@@ -361,7 +362,7 @@ def _shorter(fy, fx, limit):
     return math.hypot(fy, fx) < limit
 
 
-@njit(cache=True)
+@kernel
 def _successors(flows, foreground, min_flow):
     """Foreground pixels (flat indices, ascending), each one's successor (int32 position in
     that list), and where each image's pixels start; see :func:`flowseg.flows.follow.successors`."""
@@ -390,7 +391,7 @@ def _successors(flows, foreground, min_flow):
     return pixels, succ, start
 
 
-@njit(cache=True)
+@kernel
 def follow_flows(flows, foreground, min_flow, jumps):
     """Discrete flow following (see :mod:`flowseg.flows.follow`) with pointer jumping.
 
@@ -416,7 +417,7 @@ def follow_flows(flows, foreground, min_flow, jumps):
     return pixels, cur, sinks
 
 
-@njit(cache=True)
+@kernel
 def label_sparse(mask):
     """8-connected components of a sparse (B, H, W) bool mask, per image: int32 ids 1..K
     numbered in raster order of each component's first pixel over the batch (the numbering of
@@ -448,7 +449,7 @@ def label_sparse(mask):
     return ids.reshape(mask.shape)
 
 
-@njit(cache=True)
+@kernel
 def instance_flow_error(flows, target, labels, n):
     """Per id 0..n-1 the mean over its pixels of sum_c (flows - target)^2 (float32 per pixel,
     summed in float64 in raster order); 0 for absent ids."""
@@ -465,7 +466,7 @@ def instance_flow_error(flows, target, labels, n):
     return total / np.maximum(count, 1.0)
 
 
-@njit(cache=True)
+@kernel
 def fill_enclosed(holes, enclosed, labels):
     """Copy of ``labels`` where every enclosed hole (``enclosed[hole id]``; such holes never
     touch the image border) whose 4-neighbours all carry one instance id takes that id."""
@@ -494,7 +495,7 @@ def fill_enclosed(holes, enclosed, labels):
     return out
 
 
-@njit(cache=True)
+@kernel
 def seed_labels(pixels, end, seeds):
     """Instance ids from end points: pixel ``pixels[i]`` gets ``seeds[pixels[end[i]]]`` (all
     other pixels 0; int32 like ``seeds``), and per seed id its pixel count, end-point count and
@@ -516,7 +517,7 @@ def seed_labels(pixels, end, seeds):
     return labels.reshape(seeds.shape), size, sinks, image
 
 
-@njit(cache=True)
+@kernel
 def drop_ids(labels, remove):
     """Set to 0, in place, every pixel whose id has ``remove[id]`` (contiguous ``labels``)."""
     flat = labels.reshape(-1)
@@ -525,7 +526,7 @@ def drop_ids(labels, remove):
             flat[p] = 0
 
 
-@njit(cache=True)
+@kernel
 def renumber(labels):
     """Per image, ids -> 1..N in increasing order (int32), 0 stays 0."""
     nb, h, w = labels.shape

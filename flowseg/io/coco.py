@@ -177,8 +177,11 @@ def _load_json(path: Path) -> dict:
         raise InputError(f"cannot read COCO json {path}: {exc.strerror or exc}") from None
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: not valid JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                         f"{exc.start}); expected a UTF-8 COCO json file") from None
     for key in ("images", "annotations", "categories"):
-        if key not in data:
+        if not isinstance(data, dict) or key not in data:
             raise InputError(f"{path}: missing key {key!r} (expected a COCO instances file)")
     return data
 

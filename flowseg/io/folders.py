@@ -30,10 +30,12 @@ import numpy as np
 
 from flowseg.errors import InputError
 from flowseg.io.atomic import atomic_path
+from flowseg.io.csvfile import open_csv
 from flowseg.io.images import write_image, write_labels
 
-__all__ = ["CELL_TYPES_FILE", "FolderItem", "UNKNOWN_CELL_TYPE", "folder_cell_types", "list_folder",
-           "list_masks", "read_cell_types", "write_cell_types", "write_folder_item"]
+__all__ = ["CELL_TYPES_FILE", "FolderItem", "UNKNOWN_CELL_TYPE", "check_out_folder",
+           "folder_cell_types", "list_folder", "list_masks", "read_cell_types", "write_cell_types",
+           "write_folder_item"]
 
 CELL_TYPES_FILE = "cell_types.csv"
 UNKNOWN_CELL_TYPE = "unknown"
@@ -87,25 +89,58 @@ def read_cell_types(path: str | os.PathLike) -> dict[str, str]:
     -------
     cell_types : dict of str to str
         In file order.
+
+    Raises
+    ------
+    InputError
+        Unreadable, empty or non-UTF-8 file, another header, an empty field or a name listed
+        twice (the message names the file and the line).
     """
     path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            if reader.fieldnames is None or list(reader.fieldnames[:2]) != ["name", "cell_type"]:
-                raise InputError(f"{path}: expected header 'name,cell_type', got {reader.fieldnames}")
-            out: dict[str, str] = {}
-            for row in reader:
-                name, cell_type = (row["name"] or "").strip(), (row["cell_type"] or "").strip()
-                where = f"{path.name} line {reader.line_num}"
-                if not name or not cell_type:
-                    raise InputError(f"{where}: empty name or cell_type")
-                if name in out:
-                    raise InputError(f"{where}: name {name!r} listed twice")
-                out[name] = cell_type
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    out: dict[str, str] = {}
+    with open_csv(path) as reader:
+        if reader.header[:2] != ["name", "cell_type"]:
+            got = ",".join(reader.header) if reader.header else "an empty file"
+            raise InputError(f"{path}: expected header 'name,cell_type', got {got!r}")
+        for row in reader.records():
+            name, cell_type = row["name"].strip(), row["cell_type"].strip()
+            where = f"{path.name} line {reader.line_num}"
+            if not name or not cell_type:
+                raise InputError(f"{where}: empty name or cell_type")
+            if name in out:
+                raise InputError(f"{where}: name {name!r} listed twice")
+            out[name] = cell_type
     return out
+
+
+def check_out_folder(path: str | os.PathLike, what: str = "--out") -> Path:
+    """``path`` as a :class:`~pathlib.Path` if it is a folder or can be made one; creates nothing.
+
+    Call it before the work, so that a run whose output cannot be written fails at once and
+    leaves nothing behind.
+
+    Parameters
+    ----------
+    path : path-like
+        An output folder (created later, with its parents, when missing).
+    what : str
+        How messages name it (``"--out"``, ``"out_dir"``).
+
+    Raises
+    ------
+    InputError
+        ``path``, or the nearest of its parents that exists, is not a folder.
+    """
+    path = Path(path)
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                problem = ("exists and is not a folder" if existing == path else
+                           f"cannot be created: {existing} is not a folder")
+                raise InputError(f"{what} {path}: {problem}; expected an output folder (created "
+                                 "when missing)")
+            break
+    return path
 
 
 def _check_folder(directory: str | os.PathLike) -> Path:

@@ -23,7 +23,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from flowseg.errors import InputError
+from flowseg.errors import InputError, one_line
 from flowseg.io.atomic import atomic_path
 
 __all__ = ["read_image", "read_labels", "write_image", "write_labels", "TIFF_SUFFIXES",
@@ -75,7 +75,12 @@ def _read_pillow(path: Path) -> np.ndarray:
 
 
 def _read_raw(path: str | os.PathLike, what: str) -> np.ndarray:
-    """Read any supported file into an array, InputError naming ``path`` on failure."""
+    """Read any supported file into an array, InputError naming ``path`` on failure.
+
+    Any failure of the decoders counts: besides ``OSError`` and ``ValueError``, a damaged or
+    truncated compressed file raises the codec's own exceptions (``zlib.error``, imagecodecs'
+    ``DeflateError`` (a ``RuntimeError``), ``struct.error``, ``IndexError``, ...).
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{what} {path}: no such file")
@@ -83,9 +88,12 @@ def _read_raw(path: str | os.PathLike, what: str) -> np.ndarray:
         if path.suffix.lower() in TIFF_SUFFIXES:
             return np.asarray(_read_tiff(path))
         return _read_pillow(path)
-    except (OSError, ValueError, tifffile.TiffFileError) as exc:
-        raise InputError(f"{what} {path}: cannot read it as an image "
-                         f"(expected {', '.join(IMAGE_SUFFIXES)}): {exc}") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever a decoder raises, the file is unreadable
+        raise InputError(f"{what} {path}: cannot read it as an image (expected a readable "
+                         f"{', '.join(IMAGE_SUFFIXES)} file; damaged or truncated?): "
+                         f"{one_line(exc)}") from None
 
 
 def _check_pixels(data: np.ndarray, path: Path, what: str) -> np.ndarray:

@@ -5,11 +5,13 @@ height, cell_type``; ``annotation`` is the competition RLE (:mod:`flowseg.io.rle
 image share ``id``, ``width``, ``height`` and ``cell_type``. Instances may overlap; they are kept
 as they are in :meth:`SartoriusAnnotation.instance_indices` and resolved by the rule of
 :mod:`flowseg.io.instances` (smallest instance on top) in :meth:`SartoriusAnnotation.labels`.
+A row that repeats an earlier row of its id exactly (same annotation) is one instance listed
+twice, not a second cell: it is dropped, with a logged warning that counts such rows.
 """
 
 from __future__ import annotations
 
-import csv
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from flowseg.errors import InputError
+from flowseg.io.csvfile import open_csv
 from flowseg.io.instances import paint_instances
 from flowseg.io.rle import rle_decode_indices, rle_runs, runs_to_indices
 
 __all__ = ["SartoriusAnnotation", "check_image_shape", "read_train_csv"]
 
 REQUIRED_COLUMNS = ("id", "annotation", "width", "height", "cell_type")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -116,18 +121,14 @@ def _positive_int(text: str, column: str, where: str) -> int:
     return value
 
 
-def _open_csv(path: Path) -> tuple[csv.DictReader, object]:
-    try:
-        handle = open(path, newline="", encoding="utf-8-sig")  # tolerate a BOM
-    except OSError as exc:
-        raise InputError(f"cannot read train.csv {path}: {exc.strerror or exc}") from None
-    reader = csv.DictReader(handle)
-    missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+def _check_columns(header: list[str], path: Path) -> None:
+    if not header:
+        raise InputError(f"{path}: empty file; expected a csv with a header of at least "
+                         f"{', '.join(REQUIRED_COLUMNS)}")
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
-        handle.close()
         raise InputError(f"{path}: missing column(s) {', '.join(missing)}; expected at least "
-                         f"{', '.join(REQUIRED_COLUMNS)}, got {reader.fieldnames}")
-    return reader, handle
+                         f"{', '.join(REQUIRED_COLUMNS)}, got {header}")
 
 
 def read_train_csv(path: str | os.PathLike) -> dict[str, SartoriusAnnotation]:
@@ -140,46 +141,60 @@ def read_train_csv(path: str | os.PathLike) -> dict[str, SartoriusAnnotation]:
     Returns
     -------
     annotations : dict of str to SartoriusAnnotation
-        Keyed by image id, in order of first appearance.
+        Keyed by image id, in order of first appearance. Exact duplicate rows (same id and
+        annotation) are kept once (a warning is logged with their count).
 
     Raises
     ------
     InputError
-        Missing file or columns, a non-integer or non-positive width/height, width/height or
-        cell_type differing between rows of one id, an empty id or cell type, an empty or
-        malformed RLE. Messages name the file, the line (header = line 1) and the id.
+        Missing, empty or non-UTF-8 file, missing columns, a non-integer or non-positive
+        width/height, width/height or cell_type differing between rows of one id, an empty id or
+        cell type, an empty or malformed RLE. Messages name the file, the line (header = line
+        1) and the id.
     """
     path = Path(path)
-    reader, handle = _open_csv(path)
     rows: dict[str, dict] = {}
-    with handle:
-        for row in reader:
+    duplicates: list[str] = []
+    with open_csv(path, "train.csv") as reader:
+        _check_columns(reader.header, path)
+        for row in reader.records():
             where = f"{path.name} line {reader.line_num} (id {row['id']})"
-            _add_row(rows, row, where)
+            if not _add_row(rows, row, where):
+                duplicates.append(where)
+    if duplicates:
+        log.warning("%s: dropped %d exact duplicate row(s) (same id and annotation as an earlier "
+                    "row; scored once), e.g. %s", path, len(duplicates), duplicates[0])
     return {image_id: SartoriusAnnotation(image_id, r["cell_type"], r["shape"], tuple(r["rles"]),
                                           tuple(r["runs"]))
             for image_id, r in rows.items()}
 
 
-def _add_row(rows: dict[str, dict], row: dict, where: str) -> None:
-    """Validate one csv row and append it to its image's entry of ``rows``."""
+def _add_row(rows: dict[str, dict], row: dict, where: str) -> bool:
+    """Validate one csv row and append it to its image's entry of ``rows``.
+
+    Returns False, adding nothing, when the row repeats an earlier row of its id exactly (same
+    annotation up to spacing): one instance annotated twice is still one cell.
+    """
     image_id, cell_type = (row["id"] or "").strip(), (row["cell_type"] or "").strip()
     if not image_id:
         raise InputError(f"{where}: empty id")
     if not cell_type:
         raise InputError(f"{where}: empty cell_type")
     shape = (_positive_int(row["height"], "height", where), _positive_int(row["width"], "width", where))
-    rle = (row["annotation"] or "").strip()
+    rle = " ".join((row["annotation"] or "").split())
     if not rle:
         raise InputError(f"{where}: empty annotation (an instance needs at least one pixel)")
-    runs = rle_runs(rle, shape, name=where)  # validate now, so errors name the line
-    entry = rows.setdefault(image_id, {"cell_type": cell_type, "shape": shape, "rles": [], "runs": []})
+    entry = rows.setdefault(image_id, {"cell_type": cell_type, "shape": shape, "rles": [],
+                                       "runs": [], "seen": set()})
     if entry["shape"] != shape:
         raise InputError(f"{where}: height x width {shape[0]} x {shape[1]} differs from "
                          f"{entry['shape'][0]} x {entry['shape'][1]} on an earlier row of this id")
     if entry["cell_type"] != cell_type:
         raise InputError(f"{where}: cell_type {cell_type!r} differs from {entry['cell_type']!r} "
                          "on an earlier row of this id (one cell type per image)")
+    if rle in entry["seen"]:
+        return False
+    entry["runs"].append(rle_runs(rle, shape, name=where))  # validate now: errors name the line
     entry["rles"].append(rle)
-    entry["runs"].append(runs)
-
+    entry["seen"].add(rle)
+    return True

@@ -8,7 +8,6 @@ rejects such files), so a submission is equivalent to one label image per id.
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 
 from flowseg.errors import InputError
 from flowseg.io.atomic import atomic_path
+from flowseg.io.csvfile import open_csv
 from flowseg.io.rle import rle_decode_indices
 from flowseg.metrics import check_labels
 
@@ -106,18 +106,11 @@ def write_submission(path: str | os.PathLike, items: Iterable[tuple[str, np.ndar
     return n_rows
 
 
-def _open_submission(path: Path) -> tuple[csv.reader, object]:
-    """Open ``path`` and check its header; return the reader (past the header) and the handle."""
-    if not path.is_file():
-        raise InputError(f"submission {path}: no such file")
-    handle = open(path, newline="", encoding="utf-8-sig")
-    reader = csv.reader(handle)
-    header = tuple(h.strip() for h in next(reader, []))
-    if header != SUBMISSION_COLUMNS:
-        handle.close()
+def _check_header(header: list[str], path: Path) -> None:
+    if tuple(header) != SUBMISSION_COLUMNS:
+        got = ",".join(header) if header else "an empty file"
         raise InputError(f"submission {path}: expected the header {','.join(SUBMISSION_COLUMNS)!r}, "
-                         f"got {','.join(header)!r}")
-    return reader, handle
+                         f"got {got!r}")
 
 
 class _LabelPainter:
@@ -162,20 +155,19 @@ def read_submission(path: str | os.PathLike,
     Raises
     ------
     InputError
-        Missing file, a header other than ``id,predicted``, a row without two fields, an id not in
-        ``shapes``, a malformed RLE, or overlapping instances of one id. Messages name the
+        Missing, empty or non-UTF-8 file, a header other than ``id,predicted``, a row without
+        two fields, an id not in ``shapes``, a malformed RLE, or overlapping instances of one
+        id. Messages name the
         file, the line (header = line 1) and the id.
     """
     path = Path(path)
+    if not path.is_file():
+        raise InputError(f"submission {path}: no such file")
     painters: dict[str, _LabelPainter] = {}
-    try:
-        reader, handle = _open_submission(path)
-        with handle:
-            for row in reader:
-                if row:  # skip blank lines
-                    _read_row(row, reader.line_num, path, shapes, painters)
-    except (csv.Error, UnicodeDecodeError) as exc:
-        raise InputError(f"submission {path}: not a readable utf-8 csv file ({exc})") from None
+    with open_csv(path, "submission") as reader:
+        _check_header(reader.header, path)
+        for row in reader:  # blank lines skipped
+            _read_row(row, reader.line_num, path, shapes, painters)
     return {image_id: painter.labels() for image_id, painter in painters.items()}
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from flowseg.config import ModelConfig, SegmentConfig, TrainConfig
-from flowseg.errors import InputError
+from flowseg.errors import InputError, one_line
 from flowseg.io.atomic import atomic_path
 from flowseg.model.unet import FLOW_SCALE, UNet
 
@@ -111,20 +111,47 @@ def save_model(path: str | os.PathLike, model: Model, *, train_state: dict[str, 
     return path
 
 
+#: Keys every model file holds (``train_state`` is optional).
+REQUIRED_KEYS = ("model_config", "state_dict", "class_names", "segment_config", "train_config",
+                 "metadata")
+
+
 def _read(path: Path, device: torch.device | str) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model file")
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        raise InputError(f"{path}: not a flowseg model file ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+        raise InputError(f"{path}: not a flowseg model file ({one_line(exc)})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
         raise InputError(f"{path}: not a flowseg model file (expected format {FORMAT_NAME!r})")
     if payload.get("format_version") != FORMAT_VERSION:
         raise InputError(f"{path}: model format version {payload.get('format_version')!r} is not "
                          f"supported (this flowseg reads version {FORMAT_VERSION})")
     return payload
+
+
+def _check_keys(payload: dict[str, Any], path: Path) -> None:
+    missing = [k for k in REQUIRED_KEYS if k not in payload]
+    if missing:
+        raise InputError(f"{path}: incomplete flowseg model file: missing {', '.join(missing)} "
+                         f"(expected the keys {', '.join(REQUIRED_KEYS)})")
+
+
+def _model(payload: dict[str, Any], path: Path) -> Model:
+    """The Model of a payload with all :data:`REQUIRED_KEYS` (weights on the CPU / map location)."""
+    model_config = ModelConfig.from_dict(payload["model_config"])
+    net = UNet(model_config)
+    try:
+        net.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise InputError(f"{path}: weights do not match the stored model config: "
+                         f"{str(exc).splitlines()[0]}") from exc
+    train_config = payload["train_config"]
+    return Model(net=net, model_config=model_config, class_names=tuple(payload["class_names"]),
+                 segment_config=SegmentConfig.from_dict(payload["segment_config"]),
+                 train_config=None if train_config is None else TrainConfig.from_dict(train_config),
+                 metadata=dict(payload["metadata"]))
 
 
 def load_model(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> Model:
@@ -135,23 +162,20 @@ def load_model(path: str | os.PathLike, *, device: torch.device | str = "cpu") -
     FileNotFoundError
         No file at ``path``.
     InputError
-        Not a flowseg checkpoint, or an unsupported format version (the message names the file).
+        Not a flowseg checkpoint, an unsupported format version, missing keys or stored values
+        of the wrong kind (the message names the file).
     """
     path = Path(path)
     payload = _read(path, device)
-    model_config = ModelConfig.from_dict(payload["model_config"])
-    net = UNet(model_config)
+    _check_keys(payload, path)
     try:
-        net.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
-        raise InputError(f"{path}: weights do not match the stored model config: "
-                         f"{str(exc).splitlines()[0]}") from exc
-    net.to(device).eval()
-    train_config = payload["train_config"]
-    return Model(net=net, model_config=model_config, class_names=tuple(payload["class_names"]),
-                 segment_config=SegmentConfig.from_dict(payload["segment_config"]),
-                 train_config=None if train_config is None else TrainConfig.from_dict(train_config),
-                 metadata=dict(payload["metadata"]))
+        model = _model(payload, path)
+    except InputError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InputError(f"{path}: damaged flowseg model file: {one_line(exc)}") from exc
+    model.net.to(device).eval()
+    return model
 
 
 def load_train_state(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> dict[str, Any]:

@@ -276,3 +276,15 @@ def test_ids_naming_unknown_images_are_an_error(tmp_path, truth_csv, capsys):
                               "--out", str(tmp_path / "r"), "--ids", str(tmp_path / "empty.txt")])
     assert "names no image" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_duplicated_truth_row_is_not_a_second_cell(tmp_path, capsys):
+    """b annotated twice (same row) still scores 0.2; a's two overlapping instances stay two."""
+    doubled = {**TRUTH, "b": ("shsy5y", TRUTH["b"][1] * 2)}
+    out = tmp_path / "r"
+    assert main(["--truth", str(_train_csv(tmp_path / "t.csv", doubled)), "--pred",
+                 str(_pred_folder(tmp_path / "pred")), "--out", str(out), "--quiet"]) == 0
+    rows = _read_per_image(out)
+    assert (rows["b"]["n_true"], float(rows["b"]["score"])) == ("1", pytest.approx(EXPECTED["b"]))
+    assert rows["a"]["n_true"] == "2"
+    assert "dropped 1 exact duplicate row(s)" in capsys.readouterr().err

@@ -1,4 +1,5 @@
 import csv
+import json
 import sys
 
 import numpy as np
@@ -50,7 +51,9 @@ def test_writes_masks_overlays_cell_types_submission_and_reports_failure(inputs,
     assert main([*good, "--model", str(model), "--out", str(out), "--device", "cpu", "--quiet",
                  "--overlay", "--submission", str(sub)]) == 0
     assert "0 segmented, 5 skipped (complete), 0 failed" in capsys.readouterr().out
-    assert sub.is_file() and not (out / "failed.csv").exists()
+    assert sub.is_file()
+    with open(out / "failed.csv", newline="") as handle:  # bad.tif: still listed, not complete
+        assert [r["name"] for r in csv.DictReader(handle)] == ["bad"]
 
     # Another --scale changes the outputs: nothing is skipped; masks keep the image size.
     assert main([*good, "--model", str(model), "--out", str(out), "--device", "cpu", "--quiet",
@@ -109,3 +112,30 @@ def test_demo_segments_the_shipped_samples_with_overlays(inputs, tmp_path, capsy
 def test_no_inputs_without_demo_is_an_error(tmp_path, capsys):
     assert run_main("flowseg-segment", main, ["--out", str(tmp_path / "o")]) == 2
     assert "--demo" in capsys.readouterr().err
+
+
+def test_tile_zero_means_whole_images(inputs, tmp_path, capsys):
+    model, paths = inputs
+    out = tmp_path / "out"
+    assert main([str(paths[0]), "--model", str(model), "--out", str(out), "--device", "cpu",
+                 "--quiet", "--tile", "0"]) == 0
+    record = json.loads((out / ".flowseg" / f"{paths[0].stem}.json").read_text())
+    assert record["settings"]["tile"] is None
+    assert run_main("flowseg-segment", main, [str(paths[0]), "--model", str(model), "--out",
+                                               str(out), "--device", "cpu", "--tile", "31"]) == 2
+    assert "tile: expected 0 (whole images, untiled) or a tile side in pixels that is a positive " \
+           "multiple of 2" in capsys.readouterr().err
+
+
+def test_a_second_run_into_the_same_folder_keeps_the_first_runs_results(inputs, tmp_path, capsys):
+    model, paths = inputs
+    out = tmp_path / "out"
+    good = [p for p in paths if p.stem != "bad"]
+    assert main([str(good[0]), str(paths[2]), "--model", str(model), "--out", str(out),
+                 "--device", "cpu", "--quiet"]) == 1
+    assert main([*map(str, good[1:]), "--model", str(model), "--out", str(out), "--device", "cpu",
+                 "--quiet"]) == 0
+    with open(out / "cell_types.csv", newline="") as handle:
+        assert [r["name"] for r in csv.DictReader(handle)] == [p.stem for p in good]
+    with open(out / "failed.csv", newline="") as handle:
+        assert [r["name"] for r in csv.DictReader(handle)] == ["bad"]

@@ -134,3 +134,12 @@ def test_real_compressed_rle_matches_area_and_bbox(counts, bbox, area):
     rows, cols = np.divmod(idx, 704)
     assert idx.size == area
     assert [cols.min(), rows.min(), np.ptp(cols) + 1, np.ptp(rows) + 1] == bbox   # COCO bbox: x, y, w, h
+
+
+def test_non_utf8_json_names_the_file(tmp_path):
+    (tmp_path / "latin.json").write_bytes('{"images": "\u00e9"}'.encode("latin-1"))
+    with pytest.raises(InputError, match=r"latin.json: not UTF-8 text \(byte 0xe9 at offset 12\)"):
+        read_coco(tmp_path / "latin.json")
+    (tmp_path / "list.json").write_text("[]")
+    with pytest.raises(InputError, match="list.json: missing key 'images'"):
+        read_coco(tmp_path / "list.json")

@@ -3,8 +3,8 @@ import pytest
 import tifffile
 
 from flowseg.errors import InputError
-from flowseg.io.folders import (FolderItem, list_folder, read_cell_types, write_cell_types,
-                                write_folder_item)
+from flowseg.io.folders import (FolderItem, check_out_folder, list_folder, read_cell_types,
+                                write_cell_types, write_folder_item)
 from flowseg.io.images import read_image, read_labels
 
 
@@ -113,3 +113,25 @@ def test_masks_only_folders(tmp_path):
         list_folder(tmp_path)
     with pytest.raises(InputError, match="no such folder"):
         list_masks(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"", "expected header 'name,cell_type', got 'an empty file'"),
+    ("name,cell_type\na,\u00e9\n".encode("latin-1"), r"cell_types.csv line 2: not UTF-8 text"),
+])
+def test_sidecar_empty_or_not_utf8_names_the_file(tmp_path, data, message):
+    (tmp_path / "cell_types.csv").write_bytes(data)
+    with pytest.raises(InputError, match=message):
+        read_cell_types(tmp_path / "cell_types.csv")
+
+
+def test_check_out_folder_refuses_files_and_creates_nothing(tmp_path):
+    assert check_out_folder(tmp_path / "new" / "out") == tmp_path / "new" / "out"
+    assert check_out_folder(tmp_path) == tmp_path
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match=r"--out .*file: exists and is not a folder"):
+        check_out_folder(tmp_path / "file")
+    with pytest.raises(InputError, match=r"out_dir .*file/sub: cannot be created: .*file is not a "
+                                         "folder"):
+        check_out_folder(tmp_path / "file" / "sub", "out_dir")

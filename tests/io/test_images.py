@@ -1,10 +1,15 @@
+import struct
+import zlib
+
 import numpy as np
 import pytest
 import tifffile
 from PIL import Image
 
 from flowseg.errors import InputError
+from flowseg.io import images
 from flowseg.io.images import read_image, read_labels, write_image, write_labels
+from tests.damaged_files import DAMAGE, damage
 
 
 def _random(dtype, shape, seed=0):
@@ -115,3 +120,48 @@ def test_bad_labels_refused(tmp_path):
         write_labels(tmp_path / "w.tif", np.zeros((2, 2), np.float32))
     with pytest.raises(ValueError, match=".tif"):
         write_labels(tmp_path / "w.png", np.zeros((2, 2), np.int32))
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+@pytest.mark.parametrize("suffix", [".tif", ".png"])
+def test_damaged_compressed_files_name_the_file(tmp_path, how, suffix):
+    labels = np.random.default_rng(0).integers(0, 9, (64, 80)).astype(np.int32)
+    path = tmp_path / f"m{suffix}"
+    if suffix == ".tif":
+        write_labels(path, labels)  # deflate-compressed, as flowseg writes its masks
+    else:
+        Image.fromarray(labels.astype(np.uint8)).save(path)
+    damage(path, how)
+    with pytest.raises(InputError, match=rf"label image .*m{suffix}: cannot read it as an image "
+                                         r".*damaged or truncated\?\): \w+"):
+        read_labels(path)
+    with pytest.raises(InputError, match=rf"image .*m{suffix}: cannot read"):
+        read_image(path)
+
+
+@pytest.mark.parametrize("exc", [zlib.error("invalid stored block lengths"), struct.error("unpack"),
+                                 IndexError("list index out of range"), KeyError(273),
+                                 RuntimeError("DeflateError"), SyntaxError("broken PNG file"),
+                                 ValueError("bad"), OSError("truncated")])
+@pytest.mark.parametrize("reader", ["_read_tiff", "_read_pillow"])
+def test_any_decoder_failure_is_one_input_error(tmp_path, monkeypatch, exc, reader):
+    """Whatever a codec raises on a damaged file becomes one line naming the file."""
+    def broken(path):
+        raise exc
+
+    monkeypatch.setattr(images, reader, broken)
+    path = tmp_path / ("x.tif" if reader == "_read_tiff" else "x.png")
+    path.write_bytes(b"some bytes")
+    with pytest.raises(InputError, match=rf"x\.\w+: cannot read .*: {type(exc).__name__}") as info:
+        read_image(path)
+    assert "\n" not in str(info.value)
+
+
+def test_memory_error_is_not_a_damaged_file(tmp_path, monkeypatch):
+    def broken(path):
+        raise MemoryError
+
+    monkeypatch.setattr(images, "_read_tiff", broken)
+    (tmp_path / "x.tif").write_bytes(b"some bytes")
+    with pytest.raises(MemoryError):
+        read_image(tmp_path / "x.tif")

@@ -132,3 +132,37 @@ def test_real_sample_rows():
         claimants = np.flatnonzero(masks[:, r, c])
         assert labels[r, c] == claimants[np.argmin(areas[claimants])] + 1
 
+
+
+def test_exact_duplicate_rows_are_one_instance(tmp_path, caplog):
+    path = _write_csv(tmp_path / "t.csv", [
+        _row("a", "1 2"),
+        _row("a", "5 3"),
+        _row("a", "1  2"),          # row 2 again (spacing aside): the same instance
+        _row("b", "1 2"),           # same annotation, other image: its own instance
+        _row("a", "1 3"),           # overlaps row 2, but another instance: kept
+        _row("a", "5 3"),
+    ])
+    with caplog.at_level("WARNING", logger="flowseg.io.sartorius"):
+        anns = read_train_csv(path)
+    assert anns["a"].rles == ("1 2", "5 3", "1 3") and anns["b"].rles == ("1 2",)
+    assert len(anns["a"].instance_indices()) == 3
+    assert "dropped 2 exact duplicate row(s)" in caplog.text
+    assert "t.csv line 4 (id a)" in caplog.text
+
+
+def test_a_duplicate_must_still_agree_with_its_image(tmp_path):
+    path = _write_csv(tmp_path / "t.csv", [_row("a", "1 2"), _row("a", "1 2", cell_type="cort")])
+    with pytest.raises(InputError, match="line 3 .*cell_type 'cort' differs"):
+        read_train_csv(path)
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"", r"t.csv: empty file; expected a csv with a header of at least id, annotation"),
+    ("id,annotation,width,height,cell_type\n\u00e9,1 1,4,3,astro\n".encode("latin-1"),
+     r"train.csv .*t.csv line 2: not UTF-8 text"),
+])
+def test_empty_and_non_utf8_files_name_the_file(tmp_path, data, message):
+    (tmp_path / "t.csv").write_bytes(data)
+    with pytest.raises(InputError, match=message):
+        read_train_csv(tmp_path / "t.csv")

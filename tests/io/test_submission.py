@@ -116,7 +116,9 @@ def test_read_header_and_missing_file(tmp_path):
         read_submission(_write(tmp_path, "id,rle\na,1 1\n"), {"a": (3, 4)})
     with pytest.raises(InputError, match="no such file"):
         read_submission(tmp_path / "missing.csv", {"a": (3, 4)})
-    with pytest.raises(InputError, match="utf-8"):
+    with pytest.raises(InputError, match="expected the header 'id,predicted', got 'an empty file'"):
+        read_submission(_write(tmp_path, ""), {"a": (3, 4)})
+    with pytest.raises(InputError, match=r"binary.csv line 2: not UTF-8"):
         (tmp_path / "binary.csv").write_bytes(b"id,predicted\n\xff\xfe,1 1\n")
         read_submission(tmp_path / "binary.csv", {"a": (3, 4)})
 

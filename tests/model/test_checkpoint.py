@@ -83,3 +83,25 @@ def test_default_model_checkpoint_is_at_most_25_mb(tmp_path):
     config = ModelConfig(n_classes=3)
     path = save_model(tmp_path / "default.pt", Model(UNet(config), config, ("a", "b", "c")))
     assert path.stat().st_size <= 25e6
+
+
+@pytest.mark.parametrize("key", ["state_dict", "model_config", "class_names", "metadata"])
+def test_missing_keys_name_the_file_and_the_keys(tmp_path, key):
+    save_model(tmp_path / "m.pt", _model())
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    del payload[key]
+    torch.save(payload, tmp_path / "cut.pt")
+    with pytest.raises(InputError, match=rf"cut\.pt: incomplete flowseg model file: missing {key}"):
+        load_model(tmp_path / "cut.pt")
+
+
+@pytest.mark.parametrize("key, value", [("model_config", "widths=8"), ("class_names", 3),
+                                        ("segment_config", {"min_size": 2.5}),
+                                        ("metadata", [1, 2, 3]), ("state_dict", None)])
+def test_values_of_the_wrong_kind_name_the_file(tmp_path, key, value):
+    save_model(tmp_path / "m.pt", _model())
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    payload[key] = value
+    torch.save(payload, tmp_path / "odd.pt")
+    with pytest.raises(InputError, match=r"odd\.pt: damaged flowseg model file: \w+"):
+        load_model(tmp_path / "odd.pt")
