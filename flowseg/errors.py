@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["InputError", "one_line"]
+from collections.abc import Iterable
+
+__all__ = ["InputError", "one_line", "some_names"]
 
 
 class InputError(ValueError):
@@ -32,3 +34,16 @@ def one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     first = text.splitlines()[0] if text else ""
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def some_names(names: Iterable[str], *, limit: int = 10) -> str:
+    """The first ``limit`` of ``names`` for a message, then how many more there are.
+
+    Examples
+    --------
+    >>> some_names(["a.tif", "b.tif", "c.tif"], limit=2)
+    'a.tif, b.tif and 1 more'
+    """
+    names = list(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")

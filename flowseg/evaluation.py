@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flowseg.errors import InputError
+from flowseg.errors import InputError, some_names
 from flowseg.metrics import IOU_THRESHOLDS, ImageScore, Truth, image_score
 
 __all__ = ["EvaluationSummary", "GroupSummary", "ImageResult", "TruthImage", "cell_type_confusion",
@@ -154,9 +154,7 @@ class EvaluationSummary:
 
 
 def _some(ids: Iterable[str]) -> str:
-    ids = list(ids)
-    shown = ", ".join(ids[:_MAX_IDS_SHOWN])
-    return shown + (f" and {len(ids) - _MAX_IDS_SHOWN} more" if len(ids) > _MAX_IDS_SHOWN else "")
+    return some_names(ids, limit=_MAX_IDS_SHOWN)
 
 
 def check_prediction_ids(truth_ids: Iterable[str], pred_ids: Iterable[str], *,

@@ -4,7 +4,8 @@ Each case builds its bad file in ``tmp_path`` and runs a program as its console 
 (``run_main``). A bad input of the whole run gives exit code 2, one line on stderr naming the
 file (and line), and no output at all; a bad image of a ``flowseg-segment`` batch is listed in
 ``failed.csv`` with a reason naming its file, the other images are written and the exit code
-is 1.
+is 1. A training run killed in its first epoch leaves nothing ``--resume`` can continue: it
+says so in one line, and the plain command starts again, removing what the killed run left.
 """
 
 from __future__ import annotations
@@ -315,6 +316,86 @@ def _rgb_image(folder: Path) -> Path:
     path = folder / "im1.tif"
     write_image(path, np.stack([_image(1), _image(0), _image(1) // 2]))
     return path
+
+
+TRAIN_TINY = ["--epochs", "1", "--crop", "32", "--widths", "8,16", "--device", "cpu", "--quiet"]
+
+
+def _no_cells(folder: Path) -> tuple[Path, str]:
+    for name in ("im0", "im1"):
+        write_labels(folder / f"{name}_masks.tif", np.zeros(SHAPE, np.int32))
+    return folder, "no image has any cell"
+
+
+def _grayscale_and_rgb(folder: Path) -> tuple[Path, str]:
+    return folder, f"1 channel(s) in im0.tif; 3 channel(s) in {_rgb_image(folder).name}"
+
+
+def _rgb_val(folder: Path) -> tuple[Path, str]:
+    val = _cellpose_folder(folder.parent / "val")
+    for name in ("im0", "im1"):
+        write_image(val / f"{name}.tif", np.stack([_image(1), _image(0), _image(1) // 2]))
+    return val, "3 channel(s), expected 1"
+
+
+TRAIN_DATA_CASES: dict[str, Callable[[Path], tuple[Path, str]]] = {
+    "no cells": _no_cells, "grayscale and rgb": _grayscale_and_rgb, "rgb val": _rgb_val,
+}
+
+
+@pytest.mark.parametrize("case", TRAIN_DATA_CASES)
+def test_train_refuses_data(case, tmp_path, capsys):
+    named, also = TRAIN_DATA_CASES[case](_cellpose_folder(tmp_path / "data" / "train"))
+    out = tmp_path / "run"
+    code, err = _run(train, ["--data", str(tmp_path / "data"), "--out", str(out), *TRAIN_TINY],
+                     capsys)
+    _assert_refused(code, err, named, also)
+    assert not out.exists()
+
+
+def _killed_in_first_epoch(data: Path, out: Path) -> tuple[Path, str]:
+    """A first run killed while writing last.pt: best.pt of epoch 1 and a temporary file."""
+    assert train.main(["--data", str(data), "--out", str(out), *TRAIN_TINY]) == 0
+    for name in ("last.pt", "history.csv", "history.png"):
+        (out / name).unlink()
+    (out / ".last.pt.a1b2c3.tmp.pt").write_bytes(b"\0" * 1000)
+    return out, "the run stopped before its first epoch ended"
+
+
+def _other_cell_types(data: Path, out: Path) -> tuple[Path, str]:
+    assert train.main(["--data", str(data), "--out", str(out), *TRAIN_TINY]) == 0
+    write_cell_types(data / "train", {"im0": "round", "im1": "oval"})
+    return out / "last.pt", "expected the same cell types"
+
+
+RESUME_CASES: dict[str, Callable[[Path, Path], tuple[Path, str]]] = {
+    "killed in the first epoch": _killed_in_first_epoch, "other cell types": _other_cell_types,
+}
+
+
+@pytest.mark.parametrize("case", RESUME_CASES)
+def test_train_resume_refuses(case, tmp_path, capsys):
+    data, out = tmp_path / "data", tmp_path / "run"
+    _cellpose_folder(data / "train"), _cellpose_folder(data / "val")
+    named, also = RESUME_CASES[case](data, out)
+    capsys.readouterr()
+    before = sorted(p.name for p in out.iterdir())
+    code, err = _run(train, ["--data", str(data), "--out", str(out), "--resume", "--quiet"],
+                     capsys)
+    _assert_refused(code, err, named, also)
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_train_starts_again_after_a_kill_in_the_first_epoch(tmp_path, capsys):
+    data, out = tmp_path / "data", tmp_path / "run"
+    _cellpose_folder(data / "train"), _cellpose_folder(data / "val")
+    _killed_in_first_epoch(data, out)
+    capsys.readouterr()
+    code, err = _run(train, ["--data", str(data), "--out", str(out), *TRAIN_TINY], capsys)
+    assert code == 0, err
+    assert "removed 2 file(s) left by an interrupted run" in err
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "history.csv", "history.png",
+                                                     "last.pt"]
 
 
 TUNE_CASES: dict[str, Callable[[Path], Path]] = {

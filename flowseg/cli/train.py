@@ -4,7 +4,14 @@
 Cellpose-style folder (``<name>.tif``, ``<name>_masks.tif``, ``cell_types.csv``). Class names are
 the sorted distinct cell types of the training folder. ``--resume`` continues ``--out`` from its
 ``last.pt`` with the stored settings (only ``--epochs``, ``--device``, ``--num-workers`` and
-``--precision`` may change).
+``--precision`` may change). A new model takes the channels of the training images (all
+grayscale or all colour).
+
+After a kill: ``--resume`` continues from the last finished epoch. A run killed before its
+first epoch ended has no ``last.pt`` to resume: run the same command again without
+``--resume``; it accepts an ``--out`` holding only what such a run left (temporary
+``.<file>.*.tmp.*`` files, a ``best.pt`` of epoch 1) and removes it. Temporary files of a killed
+writer are also removed when a run resumes.
 
 Several processes (GPUs) with DistributedDataParallel: launch under ``torchrun``, e.g.
 ``torchrun --nproc-per-node 4 --no-python flowseg-train --data DIR --out RUN`` (or
@@ -21,10 +28,15 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flowseg.cli._common import run_main, setup_logging
 from flowseg.config import AugmentConfig, ModelConfig, TrainConfig
+from flowseg.errors import InputError
+
+if TYPE_CHECKING:  # imported lazily at run time (--help stays fast)
+    from flowseg.data.dataset import Sample
+    from flowseg.model.checkpoint import Model
 
 __all__ = ["build_parser", "main", "run"]
 
@@ -88,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, type=Path,
                    help="data_prep output (DIR/train, DIR/val) or one Cellpose-style folder")
     p.add_argument("--val", type=Path, help="validation folder (default: DIR/val when present)")
-    p.add_argument("--out", required=True, type=Path, help="run folder (last.pt, best.pt, history)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="run folder (last.pt, best.pt, history); new, empty, or holding only "
+                        "what a run killed in its first epoch left (removed)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="peak AdamW learning rate")
@@ -119,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blocks", type=int, help="residual units per level")
     p.add_argument("--skip", choices=("add", "concat"), help="how skips join the decoder")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--resume", action="store_true", help="continue the run in --out")
+    mode.add_argument("--resume", action="store_true",
+                      help="continue the run in --out from its last.pt (a run killed before its "
+                           "first epoch ended has none: repeat the command without --resume)")
     mode.add_argument("--overwrite", action="store_true",
                       help="replace the run files (last.pt, best.pt, history.*) in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
@@ -142,21 +158,37 @@ def _folders(data: Path, val: Path | None) -> tuple[Path, Path | None]:
 
 
 def _prepare_out(out: Path, *, resume: bool, overwrite: bool, main_rank: bool = True) -> None:
-    """Check ``--out``; with ``--overwrite`` the main rank deletes the old run files."""
-    from flowseg.training.engine import RUN_FILES
+    """Check ``--out``; the main rank deletes the old run files (``--overwrite``) or what a run
+    killed in its first epoch left (a plain re-run)."""
+    from flowseg.training.engine import RUN_FILES, first_epoch_leftovers, remove_leftovers
 
     if resume:
         if not (out / "last.pt").is_file():
-            raise FileNotFoundError(f"--out {out}: no last.pt to resume")
+            raise FileNotFoundError(_nothing_to_resume(out))
         return
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"--out {out}: folder is not empty (use --resume to continue "
-                                  "the run, or --overwrite to replace it)")
-        for name in RUN_FILES if main_rank else ():
+    if not main_rank or not out.is_dir() or not any(out.iterdir()):
+        return
+    if overwrite:
+        for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
+        return
+    leftovers = first_epoch_leftovers(out)
+    if leftovers is None:
+        raise FileExistsError(f"--out {out}: folder is not empty (use --resume to continue "
+                              "the run, or --overwrite to replace it)")
+    remove_leftovers(leftovers)
+
+
+def _nothing_to_resume(out: Path) -> str:
+    from flowseg.training.engine import first_epoch_leftovers
+
+    if out.is_dir() and first_epoch_leftovers(out) is not None:
+        return (f"--out {out}: no last.pt to resume: the run stopped before its first epoch "
+                "ended; start it again with the same command without --resume (what it left "
+                "is removed)")
+    return f"--out {out}: no last.pt to resume"
 
 
 def _overrides(args: argparse.Namespace, options: dict[str, str]) -> dict:
@@ -164,15 +196,16 @@ def _overrides(args: argparse.Namespace, options: dict[str, str]) -> dict:
             if getattr(args, dest) is not None}
 
 
-def _configs(args: argparse.Namespace, n_classes: int) -> tuple[TrainConfig, ModelConfig]:
-    """Configs from the defaults (or, with --resume, the stored ones) and the given options."""
+def _configs(args: argparse.Namespace, train_dir: Path, class_names: tuple[str, ...],
+             channels: int) -> tuple[TrainConfig, ModelConfig]:
+    """Configs from the defaults (or, with --resume, the stored ones) and the given options; a
+    new model takes the training images' channels."""
     if args.resume:
-        from flowseg.model.checkpoint import load_model
-
-        stored = load_model(args.out / "last.pt")
+        stored = _resumable(args.out / "last.pt", train_dir, class_names, channels)
         train, model = stored.train_config or TrainConfig(), stored.model_config
     else:
-        train, model = TrainConfig(), ModelConfig(n_classes=n_classes)
+        train = TrainConfig()
+        model = ModelConfig(in_channels=channels, n_classes=len(class_names))
     train = dataclasses.replace(train, **_overrides(args, _TRAIN_OPTIONS))
     if args.augment:
         train = dataclasses.replace(
@@ -181,9 +214,46 @@ def _configs(args: argparse.Namespace, n_classes: int) -> tuple[TrainConfig, Mod
     return train, model
 
 
+def _resumable(last: Path, train_dir: Path, class_names: tuple[str, ...], channels: int
+               ) -> Model:
+    """The run's ``last.pt`` model, refused when the training folder does not fit it."""
+    from flowseg.model.checkpoint import load_model
+
+    stored = load_model(last)
+    if stored.class_names != class_names:
+        new = sorted(set(class_names) - set(stored.class_names))
+        gone = sorted(set(stored.class_names) - set(class_names))
+        raise InputError(f"--resume {last}: trained on cell types {stored.class_names}, but the "
+                         f"training folder {train_dir} has {class_names} (new {new}, missing "
+                         f"{gone}); expected the same cell types (start a new run for others)")
+    if stored.model_config.in_channels != channels:
+        raise InputError(f"--resume {last}: the model takes {stored.model_config.in_channels} "
+                         f"channel(s), the images of {train_dir} have {channels}")
+    return stored
+
+
+def _load_data(train_dir: Path, val_dir: Path | None) -> tuple[list[Sample], list[Sample]]:
+    """Training and validation samples, refused when there is nothing to learn from or when
+    their channels differ."""
+    from flowseg.data.dataset import images_without_cells, load_folder
+
+    train_items = load_folder(train_dir)
+    if not train_items:
+        raise FileNotFoundError(f"{train_dir}: no training images")
+    if len(images_without_cells(train_items)) == len(train_items):
+        raise InputError(f"{train_dir}: no image has any cell (all {len(train_items)} _masks "
+                         "files are 0 everywhere); expected labelled cells to train on")
+    val_items = load_folder(val_dir) if val_dir is not None else []
+    channels = train_items[0].image.shape[0]  # one count per folder (load_folder checks)
+    if val_items and val_items[0].image.shape[0] != channels:
+        raise InputError(f"validation folder {val_dir}: images have {val_items[0].image.shape[0]} "
+                         f"channel(s), expected {channels} like the training images of {train_dir}")
+    return train_items, val_items
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the program; returns the exit code."""
-    from flowseg.data.dataset import class_names_of, load_folder
+    from flowseg.data.dataset import class_names_of
     from flowseg.training.distributed import launch_env, process_group
     from flowseg.training.engine import fit
 
@@ -192,22 +262,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.quiet or env.rank != 0)
     train_dir, val_dir = _folders(args.data, args.val)
     _prepare_out(args.out, resume=args.resume, overwrite=args.overwrite, main_rank=env.rank == 0)
-    train_items = load_folder(train_dir)
-    if not train_items:
-        raise FileNotFoundError(f"{train_dir}: no training images")
-    val_items = load_folder(val_dir) if val_dir is not None else []
+    train_items, val_items = _load_data(train_dir, val_dir)
+    class_names = class_names_of(train_items)
+    train_config, model_config = _configs(args, train_dir, class_names,
+                                          train_items[0].image.shape[0])
     if val_dir is None:
         log.warning("no validation folder (--val, or DIR/val): no val scores, best.pt is not "
                     "written; last.pt is the final model")
-    class_names = class_names_of(train_items)
-    train_config, model_config = _configs(args, len(class_names))
     log.info("training on %d images (%s), validating on %d; classes %s; %d process(es)",
              len(train_items), train_dir, len(val_items), class_names, env.world_size)
     with process_group(train_config.device):
         model = fit(train_items, val_items, train_config, model_config, args.out,
                     resume=args.resume, progress=not args.quiet)
-    log.info("done: %s (val score %s)", args.out / ("best.pt" if val_items else "last.pt"),
-             model.metadata.get("val_score"))
+    if val_items:
+        log.info("done: %s (val score %s)", args.out / "best.pt", model.metadata.get("val_score"))
+    else:
+        log.info("done: %s", args.out / "last.pt")
     return 0
 
 

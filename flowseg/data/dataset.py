@@ -17,9 +17,10 @@ from torch.utils.data import Dataset
 from flowseg.config import AugmentConfig
 from flowseg.data.augment import augment_pair
 from flowseg.data.normalize import normalize_image
+from flowseg.errors import InputError, some_names
 
-__all__ = ["Sample", "make_sample", "load_folder", "class_names_of", "CropDataset",
-           "epoch_order"]
+__all__ = ["Sample", "make_sample", "load_folder", "class_names_of", "images_without_cells",
+           "CropDataset", "epoch_order"]
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,40 @@ def make_sample(name: str, image: np.ndarray, labels: np.ndarray, cell_type: str
 
 
 def load_folder(directory: str | os.PathLike) -> list[Sample]:
-    """Read and normalise every image of a Cellpose-style folder (see flowseg.io.folders)."""
+    """Read and normalise every image of a Cellpose-style folder (see flowseg.io.folders).
+
+    Raises
+    ------
+    InputError
+        A bad file (see :func:`flowseg.io.folders.list_folder`), or images with different
+        numbers of channels, e.g. grayscale and RGB (the message names the files).
+    """
     from flowseg.io.folders import list_folder
     from flowseg.io.images import read_image, read_labels
 
-    return [make_sample(item.name, read_image(item.image_path), read_labels(item.masks_path),
-                        item.cell_type) for item in list_folder(directory)]
+    items = list_folder(directory)
+    samples = [make_sample(item.name, read_image(item.image_path), read_labels(item.masks_path),
+                           item.cell_type) for item in items]
+    _check_same_channels(directory, [(item.image_path.name, s.image.shape[0])
+                                     for item, s in zip(items, samples)])
+    return samples
+
+
+def _check_same_channels(directory: str | os.PathLike, channels: Sequence[tuple[str, int]]) -> None:
+    """Refuse a folder whose images (file name, channel count) differ in channel count."""
+    files: dict[int, list[str]] = {}
+    for name, count in channels:
+        files.setdefault(count, []).append(name)
+    if len(files) > 1:
+        groups = "; ".join(f"{count} channel(s) in {some_names(names, limit=5)}"
+                           for count, names in sorted(files.items()))
+        raise InputError(f"{directory}: expected every image to have the same number of channels "
+                         f"(all grayscale or all colour), got {groups}")
+
+
+def images_without_cells(samples: Sequence[Sample]) -> list[str]:
+    """Names of the samples whose labels hold no cell (all 0)."""
+    return [s.name for s in samples if not s.labels.any()]
 
 
 def class_names_of(samples: Sequence[Sample]) -> tuple[str, ...]:

@@ -7,6 +7,10 @@ Flat, in the style of the torchvision segmentation references. A run directory h
     history.csv   one row per epoch: loss terms, val score, seconds, learning rate
     history.png   the curves
 
+A process killed while writing one of them leaves its temporary file
+(``.<name>.<random>.tmp<suffix>``, see :func:`temporary_files`); ``fit`` removes those when the
+run starts again or resumes.
+
 Flow targets are computed on the training device from the augmented label crops
 (``flowseg.flows.labels_to_flows``), so geometric augmentation never has to transform flow
 vectors. Randomness: weights from ``torch.manual_seed(seed)``; data order and crops are pure
@@ -37,8 +41,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from flowseg.config import ModelConfig, SegmentConfig, TrainConfig
-from flowseg.data.dataset import CropDataset, Sample, class_names_of, epoch_order
+from flowseg.data.dataset import (CropDataset, Sample, class_names_of, epoch_order,
+                                  images_without_cells)
 from flowseg.device import autocast, preferred_memory_format, resolve_precision
+from flowseg.errors import some_names
 from flowseg.io.atomic import atomic_path
 from flowseg.model.checkpoint import Model, load_model, load_train_state, save_model
 from flowseg.model.unet import UNet
@@ -48,7 +54,8 @@ from flowseg.training.distributed import (all_reduce_sums, barrier, broadcast_ob
 from flowseg.training.losses import segmentation_loss
 
 __all__ = ["EpochRecord", "ValResult", "HISTORY_FIELDS", "make_optimizer", "make_scheduler",
-           "train_one_epoch", "evaluate_val", "fit", "RUN_FILES"]
+           "train_one_epoch", "evaluate_val", "fit", "RUN_FILES", "first_epoch_leftovers",
+           "remove_leftovers", "temporary_files"]
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +236,53 @@ def plot_history(path: Path, history: Sequence[EpochRecord]) -> None:
         fig.savefig(tmp, format="png", dpi=80)
 
 
+def temporary_files(out_dir: str | os.PathLike) -> list[Path]:
+    """Temporary files of run files in ``out_dir``: left by a process killed while writing one.
+
+    :func:`~flowseg.io.atomic.atomic_path` writes ``<name>`` as ``.<name>.<random>.tmp<suffix>``
+    beside it and renames it into place when complete, so only a killed writer leaves one.
+    """
+    out_dir = Path(out_dir)
+    found = {p for name in RUN_FILES for p in out_dir.glob(f".{name}.*.tmp{Path(name).suffix}")}
+    return sorted(p for p in found if p.is_file())
+
+
+def first_epoch_leftovers(out_dir: str | os.PathLike) -> list[Path] | None:
+    """The files of ``out_dir`` if all are leftovers of a run killed in its first epoch, else None.
+
+    Such a run wrote no ``last.pt``; it may have left temporary files (:func:`temporary_files`)
+    and a ``best.pt`` of epoch 1 (killed between writing it and ``last.pt``). An empty or
+    missing folder gives ``[]``.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    files = sorted(out_dir.iterdir())
+    leftovers = set(temporary_files(out_dir))
+    best = out_dir / "best.pt"
+    if best in files and not (out_dir / "last.pt").exists() and _epoch_of(best) == 1:
+        leftovers.add(best)
+    return files if leftovers.issuperset(files) else None
+
+
+def _epoch_of(path: Path) -> int | None:
+    """The epoch stored in a model file's metadata; None when it is not a readable model file."""
+    try:
+        return load_model(path).metadata.get("epoch")
+    except (ValueError, OSError):  # InputError is a ValueError
+        return None
+
+
+def remove_leftovers(paths: Sequence[Path]) -> None:
+    """Delete ``paths``, files a killed run left, with a warning that names them."""
+    if not paths:
+        return
+    named = [f"{p} ({p.stat().st_size / 1e6:.1f} MB)" for p in paths if p.is_file()]
+    for path in paths:
+        path.unlink(missing_ok=True)
+    log.warning("removed %d file(s) left by an interrupted run: %s", len(paths), some_names(named))
+
+
 def _rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -269,7 +323,31 @@ def _check_fit_inputs(train_items: Sequence[Sample], model_config: ModelConfig,
     if channels != {model_config.in_channels}:
         raise ValueError(f"train_items: model takes {model_config.in_channels} channel(s), "
                          f"images have {sorted(channels)}")
+    if len(images_without_cells(train_items)) == len(train_items):
+        raise ValueError(f"train_items: expected labelled cells, but none of the "
+                         f"{len(train_items)} training images has any (all labels are 0)")
     return class_names
+
+
+def _warn_about_data(train_items: Sequence[Sample], val_items: Sequence[Sample],
+                     class_names: tuple[str, ...], crop_size: int) -> None:
+    """Log what trains or scores other than a user may think (the messages name the images)."""
+    empty = images_without_cells(train_items)
+    if empty:
+        log.warning("%d of %d training images have no cells (they teach background only): %s",
+                    len(empty), len(train_items), some_names(empty))
+    small = [f"{s.name} ({s.labels.shape[0]}x{s.labels.shape[1]})" for s in train_items
+             if min(s.labels.shape) < crop_size]
+    if small:
+        log.warning("%d of %d training images are smaller than the %d-pixel crop (crop_size, "
+                    "--crop) and are zero-padded to it: %s", len(small), len(train_items),
+                    crop_size, some_names(small))
+    untyped = [s.name for s in val_items if s.cell_type not in class_names]
+    if untyped:
+        types = sorted({s.cell_type for s in val_items} - set(class_names))
+        log.warning("%d validation images have cell types %s that are not training classes %s: "
+                    "they count in the val score, not in the class accuracy: %s", len(untyped),
+                    types, class_names, some_names(untyped))
 
 
 def _resume(run: _Run, out_dir: Path, config: TrainConfig, model_config: ModelConfig,
@@ -283,7 +361,7 @@ def _resume(run: _Run, out_dir: Path, config: TrainConfig, model_config: ModelCo
                          f"{model_config}")
     if stored.class_names != class_names:
         raise ValueError(f"{last}: trained on classes {stored.class_names}, the training data has "
-                         f"{class_names}")
+                         f"{class_names}; expected the same classes to resume")
     old = stored.train_config.to_dict() if stored.train_config else {}
     changed = sorted(k for k, v in config.to_dict().items()
                      if k not in _RESUMABLE_CHANGES and old.get(k) != v)
@@ -344,7 +422,8 @@ def fit(train_items: Sequence[Sample], val_items: Sequence[Sample], config: Trai
         those types, sorted.
     out_dir : path-like
         Run directory; must not hold a ``last.pt`` unless ``resume``. In a process group
-        only rank 0 writes it; every rank reads ``last.pt`` to resume.
+        only rank 0 writes it; every rank reads ``last.pt`` to resume. Temporary files of run
+        files that a killed run left (:func:`temporary_files`) are removed at the start.
     resume : bool
         Continue from ``out_dir/last.pt`` (the epoch after the last finished one).
     progress : bool
@@ -369,6 +448,9 @@ def fit(train_items: Sequence[Sample], val_items: Sequence[Sample], config: Trai
     if not resume and (out_dir / "last.pt").exists():
         raise FileExistsError(f"{out_dir}: already holds a run (last.pt); resume it or use a new folder")
     out_dir.mkdir(parents=True, exist_ok=True)
+    if is_main():
+        remove_leftovers(temporary_files(out_dir))
+        _warn_about_data(train_items, val_items, class_names, config.crop_size)
     torch.manual_seed(config.seed)
     dtype = resolve_precision(config.precision, device)
     net = UNet(model_config).to(device, memory_format=preferred_memory_format(device, dtype))
@@ -422,6 +504,7 @@ def _end_epoch(run: _Run, model: Model, record: EpochRecord, out_dir: Path) -> N
     save_model(out_dir / "last.pt", model, train_state=_train_state(run, record.epoch))
     write_history(out_dir / "history.csv", run.history)
     plot_history(out_dir / "history.png", run.history)
-    log.info("epoch %d: loss %.4f (flow %.4f, cellprob %.4f, classes %.4f) val %.4f  %.1fs",
-             record.epoch, record.loss, record.flow, record.cellprob, record.classes,
-             record.val_score, record.seconds)
+    val = "" if math.isnan(record.val_score) else f" val {record.val_score:.4f}"
+    log.info("epoch %d: loss %.4f (flow %.4f, cellprob %.4f, classes %.4f)%s  %.1fs",
+             record.epoch, record.loss, record.flow, record.cellprob, record.classes, val,
+             record.seconds)

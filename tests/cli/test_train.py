@@ -54,7 +54,9 @@ def test_single_folder_without_val_keeps_last_only(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["--data", str(data), "--out", str(out), *TINY[:-1]]) == 0
     assert (out / "last.pt").exists() and not (out / "best.pt").exists()
-    assert "no validation folder" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no validation folder" in err
+    assert "epoch 1: loss" in err and "nan" not in err
     assert load_model(out / "last.pt").class_names == ("round",)
 
 
@@ -108,3 +110,78 @@ def test_class_grad_outside_0_1_exits_2(prepared, tmp_path, capsys):
     argv = ["--data", str(prepared), "--out", str(tmp_path / "r"), *TINY, "--class-grad", "2"]
     assert run_main("flowseg-train", main, argv) == 2
     assert "class_grad" in capsys.readouterr().err
+
+
+def _refused(argv, capsys, *texts):
+    """Exit 2 with one stderr line holding every text."""
+    assert run_main("flowseg-train", main, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    for text in texts:
+        assert str(text) in err, err
+
+
+def test_resume_with_other_cell_types_names_the_model_and_the_folder(prepared, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["--data", str(prepared), "--out", str(out), *TINY]) == 0
+    capsys.readouterr()
+    other = _folder(tmp_path / "other", [0], kinds=("round", "irregular"))
+    _refused(["--data", str(other), "--out", str(out), "--resume", "--quiet"], capsys,
+             out / "last.pt", other, "trained on cell types ('round', 'spindly')",
+             "new ['irregular'], missing ['spindly']", "expected the same cell types")
+
+
+def _colour_folder(directory):
+    for seed in (0, 1):
+        image, labels = make_synthetic("round", shape=(40, 48), seed=seed)
+        colour = (np.stack([image, image / 2, 1 - image]) * 1000).astype(np.uint16)
+        write_folder_item(directory, f"c{seed}", colour, labels, "round")
+    write_cell_types(directory, {"c0": "round", "c1": "round"})
+    return directory
+
+
+def test_colour_folder_trains_a_colour_model_that_refuses_grayscale(tmp_path, capsys):
+    colour, out = _colour_folder(tmp_path / "colour"), tmp_path / "run"
+    assert main(["--data", str(colour), "--out", str(out), *TINY]) == 0
+    assert load_model(out / "last.pt").model_config.in_channels == 3
+    gray = _folder(tmp_path / "gray", [0], kinds=("round",))
+    capsys.readouterr()
+    _refused(["--data", str(gray), "--out", str(out), "--resume", "--quiet"], capsys,
+             out / "last.pt", gray, "the model takes 3 channel(s)", "have 1")
+
+
+def test_val_folder_with_other_channels_exits_2(prepared, tmp_path, capsys):
+    colour = _colour_folder(tmp_path / "colour")
+    _refused(["--data", str(prepared), "--val", str(colour), "--out", str(tmp_path / "run"),
+              *TINY], capsys, colour, "3 channel(s), expected 1")
+    assert not (tmp_path / "run").exists()
+
+
+def test_val_cell_types_outside_the_training_classes_are_a_warning(prepared, tmp_path, capsys):
+    val = _folder(tmp_path / "val", [5], kinds=("round", "irregular"))
+    assert main(["--data", str(prepared), "--val", str(val), "--out", str(tmp_path / "run"),
+                 *TINY]) == 0
+    assert "1 validation images have cell types ['irregular'] that are not training classes" \
+        in capsys.readouterr().err
+
+
+def _killed_in_first_epoch(prepared, out):
+    """What a run killed while writing last.pt in its first epoch leaves: best.pt of epoch 1
+    and last.pt's temporary file."""
+    assert main(["--data", str(prepared), "--out", str(out), *TINY]) == 0
+    for name in ("last.pt", "history.csv", "history.png"):
+        (out / name).unlink()
+    (out / ".last.pt.q1w2e3.tmp.pt").write_bytes(b"\0" * 1000)
+
+
+def test_rerun_after_a_kill_in_the_first_epoch_starts_again(prepared, tmp_path, capsys):
+    out = tmp_path / "run"
+    _killed_in_first_epoch(prepared, out)
+    capsys.readouterr()
+    _refused(["--data", str(prepared), "--out", str(out), "--resume", "--quiet"], capsys,
+             out, "no last.pt to resume", "before its first epoch ended",
+             "same command without --resume")
+    assert main(["--data", str(prepared), "--out", str(out), *TINY]) == 0
+    assert "removed 2 file(s) left by an interrupted run" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "history.csv", "history.png",
+                                                     "last.pt"]

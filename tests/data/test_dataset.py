@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 
 from flowseg.config import AugmentConfig
-from flowseg.data.dataset import CropDataset, class_names_of, epoch_order, load_folder, make_sample
+from flowseg.data.dataset import (CropDataset, class_names_of, epoch_order, images_without_cells,
+                                  load_folder, make_sample)
+from flowseg.errors import InputError
 from flowseg.io.folders import write_cell_types, write_folder_item
 
 
@@ -71,3 +73,21 @@ def test_balanced_epoch_order_draws_groups_equally_and_keys_repeats_apart():
     np.testing.assert_array_equal(epoch_order(20, seed=0, epoch=3, groups=groups),
                                   epoch_order(20, seed=0, epoch=3, groups=groups))
     assert sorted(epoch_order(20, seed=0, epoch=3).tolist()) == list(range(20))
+
+
+def test_load_folder_refuses_grayscale_and_colour_images_naming_them(tmp_path):
+    gray = _disk_sample("gray", "x")
+    labels = gray.labels
+    write_folder_item(tmp_path, "gray", (labels * 200).astype(np.uint8), labels, "x")
+    colour = np.stack([labels * 200, labels * 100, labels * 50]).astype(np.uint8)
+    write_folder_item(tmp_path, "rgb", colour, labels, "x")
+    with pytest.raises(InputError) as info:
+        load_folder(tmp_path)
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path}: expected every image to have the same number of")
+    assert "1 channel(s) in gray.tif; 3 channel(s) in rgb.tif" in message
+
+
+def test_images_without_cells_names_the_empty_samples():
+    empty = make_sample("empty", np.ones((8, 8)), np.zeros((8, 8), int), "x")
+    assert images_without_cells([_disk_sample("a", "x"), empty]) == ["empty"]

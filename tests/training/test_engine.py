@@ -8,10 +8,12 @@ import torch
 
 from flowseg.config import ModelConfig
 from flowseg.data.dataset import CropDataset
-from flowseg.model.checkpoint import Model, load_model, load_train_state
+from flowseg.io.atomic import atomic_path
+from flowseg.model.checkpoint import Model, load_model, load_train_state, save_model
 from flowseg.model.unet import UNet
-from flowseg.training.engine import (HISTORY_FIELDS, evaluate_val, fit, lr_factor, make_optimizer,
-                                     make_scheduler, train_one_epoch)
+from flowseg.training.engine import (HISTORY_FIELDS, evaluate_val, first_epoch_leftovers, fit,
+                                     lr_factor, make_optimizer, make_scheduler, temporary_files,
+                                     train_one_epoch)
 
 
 class Stop(Exception):
@@ -165,3 +167,93 @@ def test_learns_synthetic_cells(tmp_path):
     assert float(rows[-1]["loss"]) < 0.6 * float(rows[0]["loss"])
     assert model.metadata["val_score"] > 0.15
     assert float(rows[-1]["val_class_accuracy"]) > 0.8
+
+
+def _without_cells(sample):
+    return dataclasses.replace(sample, labels=np.zeros_like(sample.labels))
+
+
+def test_refuses_training_samples_without_any_cell(samples, tiny_configs, tmp_path):
+    train, _ = samples
+    config, model_config = tiny_configs
+    with pytest.raises(ValueError, match="none of the 4 training images has any"):
+        fit([_without_cells(s) for s in train], [], config, model_config, tmp_path / "run",
+            progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_warns_about_empty_and_small_images_and_untyped_val(samples, tiny_configs, tmp_path,
+                                                            caplog):
+    train, val = samples
+    config, model_config = tiny_configs
+    config = dataclasses.replace(config, epochs=1, crop_size=64)  # images are 48x56
+    train = [_without_cells(train[0]), *train[1:]]
+    val = [val[0], dataclasses.replace(val[1], cell_type="oval")]
+    with caplog.at_level("INFO", logger="flowseg.training.engine"):
+        fit(train, val, config, model_config, tmp_path, progress=False)
+    text = caplog.text
+    assert ("1 of 4 training images have no cells (they teach background only): "
+            f"{train[0].name}") in text
+    assert "4 of 4 training images are smaller than the 64-pixel crop" in text
+    assert f"{train[1].name} (48x56)" in text
+    assert "1 validation images have cell types ['oval'] that are not training classes" in text
+    assert "val_spindly" in text
+    assert "val 0." in text or "val 1." in text
+
+
+def test_epoch_log_has_no_val_part_without_validation(samples, tiny_configs, tmp_path, caplog):
+    train, _ = samples
+    config, model_config = tiny_configs
+    with caplog.at_level("INFO", logger="flowseg.training.engine"):
+        fit(train, [], dataclasses.replace(config, epochs=1), model_config, tmp_path,
+            progress=False)
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch 1:")]
+    assert "val" not in line and "nan" not in line
+
+
+def test_temporary_files_are_those_atomic_path_writes(tmp_path):
+    (tmp_path / ".notes.txt.x.tmp.txt").write_text("not a run file")
+    (tmp_path / "last.pt").write_text("a finished file")
+    with atomic_path(tmp_path / "last.pt") as tmp:
+        tmp.write_text("being written")
+        assert temporary_files(tmp_path) == [tmp]
+    assert temporary_files(tmp_path) == []
+
+
+def _plant(path, size=1000):
+    path.write_bytes(b"\0" * size)
+    return path
+
+
+def _best_of_epoch(path, epoch):
+    config = ModelConfig(n_classes=2, widths=(8, 16))
+    save_model(path, Model(UNet(config), config, ("round", "spindly"), metadata={"epoch": epoch}))
+    return path
+
+
+def test_first_epoch_leftovers_are_temporary_files_and_a_best_of_epoch_1(tmp_path):
+    assert first_epoch_leftovers(tmp_path / "missing") == []
+    assert first_epoch_leftovers(tmp_path) == []
+    temp = _plant(tmp_path / ".last.pt.k2j4h1.tmp.pt")
+    best = _best_of_epoch(tmp_path / "best.pt", 1)
+    assert first_epoch_leftovers(tmp_path) == [temp, best]
+    _best_of_epoch(best, 2)
+    assert first_epoch_leftovers(tmp_path) is None  # a later epoch finished: not a first epoch
+    _best_of_epoch(best, 1)
+    (tmp_path / "notes.txt").write_text("mine")
+    assert first_epoch_leftovers(tmp_path) is None
+
+
+def test_fit_removes_temporary_files_of_a_killed_run_when_resuming(samples, tiny_configs,
+                                                                   tmp_path, caplog):
+    train, _ = samples
+    config, model_config = tiny_configs
+    fit(train, [], dataclasses.replace(config, epochs=1), model_config, tmp_path, progress=False)
+    temps = [_plant(tmp_path / ".last.pt.abc123.tmp.pt", 2_000_000),
+             _plant(tmp_path / ".history.csv.x9y8z7.tmp.csv")]
+    with caplog.at_level("WARNING", logger="flowseg.training.engine"):
+        fit(train, [], config, model_config, tmp_path, resume=True, progress=False)
+    assert not any(p.exists() for p in temps)
+    assert "removed 2 file(s) left by an interrupted run" in caplog.text
+    assert f"{temps[0]} (2.0 MB)" in caplog.text
+    assert [r["epoch"] for r in _history(tmp_path / "history.csv")] == ["1", "2"]
