@@ -10,23 +10,33 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flowseg.api import DEFAULT_TILE, check_image, check_tile
-from flowseg.config import _check_int
+from flowseg.api import DEFAULT_TILE, NORMALIZE, check_tile
+from flowseg.config import SegmentConfig, _check_int
+from flowseg.data.normalize import check_percentiles
 from flowseg.data.rescale import check_scale
 from flowseg.device import PRECISIONS
 from flowseg.errors import one_line
 from flowseg.io.atomic import atomic_path
+from flowseg.io.axes import check_channel
+from flowseg.io.outputs import MAP_OUTPUTS, applicable_outputs, check_outputs, output_path
+from flowseg.stacks import DEFAULT_STITCH_THRESHOLD, _check_threshold
 
 __all__ = ["BatchConfig", "ImageOutcome", "RECORD_DIR", "masks_path", "read_record",
            "record_path", "segment_chunk"]
 
 #: Hidden folder of ``out_dir`` holding the per-image records.
 RECORD_DIR = ".flowseg"
+
+
+#: Record values of the options that :meth:`BatchConfig.settings` leaves out at their default.
+_DEFAULT_SETTINGS = {"segment": {}, "normalize": list(NORMALIZE), "channel": None,
+                     "channel_axis": None, "z_axis": None,
+                     "stitch_threshold": DEFAULT_STITCH_THRESHOLD}
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,23 @@ class BatchConfig:
         cores, which oversubscribes a machine running several workers). Not applied in-process.
     precision : {"auto", "bf16", "fp32"}
         The network's arithmetic (see :func:`flowseg.api.segment`).
+    save : tuple of str
+        Extra outputs per image, of :data:`flowseg.io.outputs.OUTPUT_KINDS` (``"seg"``,
+        ``"rois"``, ``"outlines"``, ``"png"``, ``"flows"``, ``"coco"``).
+    segment : mapping
+        Changes to the model's post-processing values, as keyword arguments of
+        :meth:`flowseg.SegmentConfig.override` (``{"min_size": 30, "cellprob_threshold":
+        {"astro": 0.5}, "exclude_on_edges": True}``); the model's other values are kept.
+    normalize : (float, float) or None
+        Percentiles mapped to 0 and 1 (None: no normalisation); see :func:`flowseg.segment`.
+    channel : int, tuple of int, or None
+        Channel(s) to segment, numbered from 1; 0 merges all channels to gray (see
+        :func:`flowseg.io.axes.select_channels`).
+    channel_axis, z_axis : int or None
+        Which axis of the files holds the channels / the planes (else their metadata says).
+    stitch_threshold : float
+        z-stacks: least IoU that links a cell to one in the plane below
+        (:func:`flowseg.stacks.stitch_planes`; 0 links nothing).
     """
 
     device: str = "auto"
@@ -67,6 +94,13 @@ class BatchConfig:
     chunk: int = 8
     worker_threads: int | None = None
     precision: str = "auto"
+    save: tuple[str, ...] = ()
+    segment: Mapping[str, Any] = field(default_factory=dict)
+    normalize: tuple[float, float] | None = NORMALIZE
+    channel: int | tuple[int, ...] | None = None
+    channel_axis: int | None = None
+    z_axis: int | None = None
+    stitch_threshold: float = DEFAULT_STITCH_THRESHOLD
 
     def __post_init__(self) -> None:
         _check_int("batch_size", self.batch_size, minimum=1)
@@ -80,6 +114,42 @@ class BatchConfig:
         check_scale(self.scale)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: expected one of {PRECISIONS}, got {self.precision!r}")
+        object.__setattr__(self, "save", check_outputs(self.save))
+        object.__setattr__(self, "normalize", check_percentiles(self.normalize))
+        object.__setattr__(self, "channel", check_channel(self.channel))
+        if not isinstance(self.segment, Mapping):
+            raise TypeError(f"segment: expected a mapping of SegmentConfig.override values, "
+                            f"got {type(self.segment).__name__}")
+        SegmentConfig().override(**self.segment)  # checks names and values
+        for name in ("channel_axis", "z_axis"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise TypeError(f"{name}: expected an int axis index or None, got {value!r}")
+        _check_threshold(self.stitch_threshold)
+
+    def settings(self) -> dict[str, Any]:
+        """The options the outputs depend on, for the completeness record (options at their
+        default are left out, so records of earlier versions stay valid)."""
+        values = {"tile": self.tile, "tta": self.tta, "scale": self.scale,
+                  "precision": self.precision}
+        extra = {"segment": json.loads(json.dumps(dict(self.segment))),
+                 "normalize": None if self.normalize is None else list(self.normalize),
+                 "channel": None if self.channel is None else list(self.channel),
+                 "channel_axis": self.channel_axis, "z_axis": self.z_axis,
+                 "stitch_threshold": self.stitch_threshold}
+        values.update({k: v for k, v in extra.items() if v != _DEFAULT_SETTINGS[k]})
+        return values
+
+    def segment_config(self, model) -> SegmentConfig | None:
+        """The model's post-processing config with :attr:`segment` applied (None: unchanged)."""
+        if not self.segment:
+            return None
+        config = model.segment_config.override(**self.segment)
+        unknown = sorted(set(config.per_class) - set(model.class_names))
+        if unknown:
+            raise ValueError(f"segment: unknown cell type(s) {unknown}; the model's types are "
+                             f"{', '.join(model.class_names)}")
+        return config
 
 
 @dataclass(frozen=True)
@@ -141,11 +211,12 @@ def read_record(out_dir: str | os.PathLike, name: str) -> dict[str, Any] | None:
     return record if _valid_record(record) else None
 
 
-def _complete(out_dir: Path, name: str, settings: dict[str, Any], overlay: bool
+def _complete(out_dir: Path, name: str, settings: dict[str, Any], config: BatchConfig
               ) -> dict[str, Any] | None:
     """The record of a complete earlier result for ``name``, else None.
 
-    A damaged mask (one that does not decode) or record makes the image incomplete: redone.
+    A damaged mask (one that does not decode) or record makes the image incomplete: redone;
+    so does a missing output that ``config`` asks for (overlay, ``save``).
     """
     from flowseg.io.images import read_labels
 
@@ -153,23 +224,54 @@ def _complete(out_dir: Path, name: str, settings: dict[str, Any], overlay: bool
     if record is None or record.get("settings") != settings:
         return None
     try:
-        if list(read_labels(masks_path(out_dir, name)).shape) != record["shape"]:
-            return None
+        shape = read_labels(masks_path(out_dir, name), allow_3d=True).shape
     except ValueError:  # InputError: missing, damaged or truncated mask
         return None
-    if overlay and not _overlay_path(out_dir, name).is_file():
+    if list(shape) != record["shape"]:
+        return None
+    is_stack = len(shape) == 3
+    if config.overlay and not is_stack and not _overlay_path(out_dir, name).is_file():
+        return None
+    kinds = applicable_outputs(config.save, is_stack=is_stack)
+    if not all(output_path(out_dir, name, kind).is_file() for kind in kinds):
         return None
     return record
 
 
 # ----------------------------------------------------------------------------- one image
-def _write_outputs(out_dir: Path, name: str, path: str, image, result, settings: dict[str, Any],
-                   overlay: bool) -> ImageOutcome:
-    """Mask, overlay, then the record (last: it marks the image complete)."""
-    from flowseg.io.images import write_labels
+@dataclass(frozen=True)
+class _Item:
+    """One image of a task: its file, name, ``(Z, C, H, W)`` pixels, and whether a stack."""
 
+    path: str
+    name: str
+    image: Any
+    is_stack: bool
+
+    @property
+    def planes(self) -> list:
+        """The images given to ``segment``, one per plane: ``(H, W)``, or ``(C, H, W)`` for
+        several channels."""
+        return [plane[0] if len(plane) == 1 else plane for plane in self.image]
+
+
+def _seg_channels(config: BatchConfig) -> list[int]:
+    """cellpose's ``chan_choose`` for the ``_seg.npy`` file."""
+    channel = config.channel or (0,)
+    return [channel[0], channel[1] if len(channel) > 1 else 0]
+
+
+def _write_outputs(out_dir: Path, item: _Item, result, settings: dict[str, Any],
+                   config: BatchConfig, model_path: str = "") -> ImageOutcome:
+    """Mask, overlay and ``save`` outputs, then the record (last: it marks the image complete)."""
+    from flowseg.io.images import write_labels
+    from flowseg.io.outputs import write_outputs
+
+    name, path, image = item.name, item.path, item.planes[0]
     write_labels(masks_path(out_dir, name), result.labels)
-    if overlay:
+    write_outputs(out_dir, name, result, kinds=config.save, source=path,
+                  channels=_seg_channels(config), model_path=model_path)
+    if config.overlay and not item.is_stack:
         from flowseg.io.png import write_rgb_png
         from flowseg.visualize import overlay_outlines
 
@@ -189,66 +291,90 @@ def _failed(name: str, path: str, exc: BaseException) -> ImageOutcome:
 
 
 # ----------------------------------------------------------------------------- one task
-def _segment_images(images: list, model, config: BatchConfig) -> list:
-    """Segment together; when that fails, one by one. An image that cannot be segmented gets
-    its exception in its place: one bad image never stops the others, even alone in a task."""
+def _segment_items(items: list[_Item], model, config: BatchConfig) -> list:
+    """Segment all planes of all items together; when that fails, item by item. An item that
+    cannot be segmented gets its exception in its place: one bad image never stops the
+    others, even alone in a task. A stack's planes are linked (:func:`stack_result`)."""
     from flowseg.api import segment
+    from flowseg.stacks import stack_result
 
-    def run(batch):
-        return segment(batch, model, batch_size=config.batch_size, tile=config.tile,
-                       tta=config.tta, scale=config.scale, precision=config.precision)
+    segment_config = config.segment_config(model)
+
+    def run(batch: list[_Item]) -> list:
+        planes = segment([p for item in batch for p in item.planes], model,
+                         batch_size=config.batch_size, config=segment_config, tile=config.tile,
+                         tta=config.tta, scale=config.scale, precision=config.precision,
+                         normalize=config.normalize,
+                         return_maps=any(k in MAP_OUTPUTS for k in config.save))
+        out, start = [], 0
+        for item in batch:
+            mine, start = planes[start:start + len(item.image)], start + len(item.image)
+            out.append(stack_result(mine, stitch_threshold=config.stitch_threshold)
+                       if item.is_stack else mine[0])
+        return out
 
     try:
-        return run(images)
+        return run(items)
     except (ValueError, TypeError, RuntimeError) as exc:
-        if len(images) == 1:
+        if len(items) == 1:
             return [exc]
     results = []
-    for image in images:
+    for item in items:
         try:
-            results.extend(run([image]))
+            results.extend(run([item]))
         except (ValueError, TypeError, RuntimeError) as exc:
             results.append(exc)
     return results
 
 
-def _read_checked(path: str, in_channels: int):
-    """The image of ``path``, with the model's number of channels (else ValueError naming it)."""
-    from flowseg.io.images import read_image
+def _read_item(path: str, config: BatchConfig, in_channels: int) -> _Item:
+    """The image of ``path`` as ``(Z, C, H, W)`` with the model's channels (else an
+    InputError naming the file)."""
+    from flowseg.io.axes import select_channels
+    from flowseg.io.images import read_image_stack
 
-    return check_image(read_image(path), in_channels, f"image {path}")
+    image, is_stack = read_image_stack(path, channel_axis=config.channel_axis,
+                                       z_axis=config.z_axis)
+    image = select_channels(image, config.channel, in_channels=in_channels, name=f"image {path}")
+    return _Item(path, Path(path).stem, image, is_stack)
 
 
 def segment_chunk(paths: Sequence[str], out_dir: str | os.PathLike, *, model, config: BatchConfig,
-                  settings: dict[str, Any], overwrite: bool = False) -> list[ImageOutcome]:
+                  settings: dict[str, Any], overwrite: bool = False,
+                  progress=None) -> list[ImageOutcome]:
     """Segment one chunk of image files with a loaded ``model`` and write their outputs.
 
     Complete images are skipped unless ``overwrite``; unreadable (missing, damaged, truncated)
     images, images with another number of channels than the model takes, and images that
-    cannot be segmented become ``"failed"`` outcomes whose reason names the file. Returns one
-    outcome per path, in order.
+    cannot be segmented become ``"failed"`` outcomes whose reason names the file. A z-stack
+    is segmented plane by plane and its cells linked across planes. ``progress``, when given,
+    is called with 1 after each image. Returns one outcome per path, in order.
     """
     out_dir = Path(out_dir)
+    tick = progress or (lambda n: None)
     outcomes: dict[str, ImageOutcome] = {}
-    todo: list[tuple[str, str, Any]] = []
+    todo: list[_Item] = []
     for path in paths:
         name = Path(path).stem
-        record = None if overwrite else _complete(out_dir, name, settings, config.overlay)
+        record = None if overwrite else _complete(out_dir, name, settings, config)
         if record is not None:
             outcomes[path] = ImageOutcome(name, path, "skipped", record["cell_type"],
                                           dict(record["counts"]))
+            tick(1)
             continue
         try:
-            todo.append((path, name, _read_checked(path, model.model_config.in_channels)))
+            todo.append(_read_item(path, config, model.model_config.in_channels))
         except (OSError, ValueError, TypeError) as exc:
             outcomes[path] = _failed(name, path, exc)
-    results = _segment_images([image for _, _, image in todo], model, config) if todo else []
-    for (path, name, image), result in zip(todo, results):
+            tick(1)
+    results = _segment_items(todo, model, config) if todo else []
+    for item, result in zip(todo, results):
         try:
             if isinstance(result, BaseException):
                 raise result
-            outcomes[path] = _write_outputs(out_dir, name, path, image, result, settings,
-                                            config.overlay)
+            outcomes[item.path] = _write_outputs(out_dir, item, result, settings, config,
+                                                 settings.get("model", ""))
         except (OSError, ValueError, TypeError, RuntimeError) as exc:
-            outcomes[path] = _failed(name, path, exc)
+            outcomes[item.path] = _failed(item.name, item.path, exc)
+        tick(1)
     return [outcomes[p] for p in paths]

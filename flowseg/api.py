@@ -30,19 +30,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowseg.config import SegmentConfig, _check_int
-from flowseg.data.normalize import normalize_image
+from flowseg.config import CLASS_FIELDS, SegmentConfig, _check_int
+from flowseg.data.normalize import check_percentiles, normalize_image
 from flowseg.data.rescale import check_scale, resize_stack, scaled_shape
 from flowseg.device import autocast, preferred_memory_format, resolve_device, resolve_precision
 from flowseg.flows import fill_holes, flow_error, flows_to_labels
-from flowseg.io.instances import relabel_consecutive
+from flowseg.io.instances import drop_edge_instances, relabel_consecutive
 from flowseg.model.checkpoint import Model
 from flowseg.model.checkpoint import load_model as _load_checkpoint
 from flowseg.tiling import TileGrid, split_tiles, stitch_tiles, tile_grid
 
-__all__ = ["DEFAULT_TILE", "ClassValues", "SegmentResult", "check_image", "check_model",
-           "check_tile", "cluster_config", "cluster_maps", "filter_instances", "instance_classes",
-           "load_model", "predict_maps", "segment", "segment_maps"]
+__all__ = ["DEFAULT_TILE", "NORMALIZE", "ClassValues", "SegmentResult", "check_image",
+           "check_model", "check_tile", "cluster_config", "cluster_maps", "filter_instances",
+           "instance_classes", "load_model", "predict_maps", "segment", "segment_maps",
+           "warn_dropped_tuning"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ log = logging.getLogger(__name__)
 DEFAULT_TILE = 256
 #: Fraction of a tile shared with its neighbour.
 TILE_OVERLAP = 0.1
+#: Default percentiles of each image mapped to 0 and 1 before the network (as in training).
+NORMALIZE = (1.0, 99.0)
 
 
 @dataclass(frozen=True)
@@ -235,12 +238,13 @@ def _forward(model: Model, x: torch.Tensor, *, tta: bool, dtype: torch.dtype) ->
 
 def predict_maps(images: Sequence[np.ndarray], model: Model, *, batch_size: int = 8,
                  tile: int | None = DEFAULT_TILE, tta: bool = False,
-                 scale: float = 1.0, precision: str = "auto") -> list[torch.Tensor]:
+                 scale: float = 1.0, precision: str = "auto",
+                 normalize: tuple[float, float] | None = NORMALIZE) -> list[torch.Tensor]:
     """Run the network over images of any sizes, batching tiles of all images together.
 
     With ``scale != 1`` each normalised image is resized by ``scale`` before the network and
     its maps are resized back to the image's own size (see ``segment``). ``tile`` (0 or None:
-    whole images) and ``precision`` as in :func:`segment`.
+    whole images), ``precision`` and ``normalize`` as in :func:`segment`.
 
     Returns
     -------
@@ -252,10 +256,11 @@ def predict_maps(images: Sequence[np.ndarray], model: Model, *, batch_size: int 
     _check_int("batch_size", batch_size, minimum=1)
     tile = check_tile(tile, size_multiple=model.model_config.size_multiple)
     scale = check_scale(scale)
+    normalize = check_percentiles(normalize)
     device = next(model.net.parameters()).device
     dtype = resolve_precision(precision, device)
     model.net.to(memory_format=preferred_memory_format(device, dtype))  # layout only: same values
-    tensors = [torch.from_numpy(normalize_image(im)) for im in images]
+    tensors = [torch.from_numpy(normalize_image(im, percentiles=normalize)) for im in images]
     shapes = [tuple(t.shape[-2:]) for t in tensors]
     if scale != 1.0:
         tensors = [resize_stack(t, scaled_shape(s, scale)) for t, s in zip(tensors, shapes)]
@@ -503,8 +508,9 @@ def _decide(maps: Sequence[torch.Tensor], class_names: tuple[str, ...], config: 
             classes = np.full(int(lab.max()) + 1, k)
         else:
             classes = instance_classes(lab, torch.softmax(host[3:], 0).numpy())
-        labels.append(filter_instances(lab, m[:2], host[2].numpy(), classes, values,
-                                       cluster_threshold=t, fill=config.fill_holes))
+        lab = filter_instances(lab, m[:2], host[2].numpy(), classes, values,
+                               cluster_threshold=t, fill=config.fill_holes)
+        labels.append(drop_edge_instances(lab) if config.exclude_on_edges else lab)
     return _Decisions(labels, pixel_probs)
 
 
@@ -550,10 +556,34 @@ def segment_maps(maps: Sequence[torch.Tensor], class_names: Sequence[str], *,
 
 
 # ----------------------------------------------------------------------------- entry point
+def warn_dropped_tuning(config: SegmentConfig, model: Model) -> None:
+    """Log a warning when ``config`` loses the model's tuned per-type values, changes a global
+    value that some cell types do not use (they have their own in ``per_class``), or names
+    cell types the model does not have."""
+    tuned = model.segment_config
+    if config is tuned:
+        return
+    if tuned.per_class and not config.per_class:
+        log.warning("config has no per-cell-type values: the model's tuned ones (%s) are not "
+                    "used; to change a few values and keep the rest, pass "
+                    "model.segment_config.override(...)", ", ".join(sorted(tuned.per_class)))
+    for name in CLASS_FIELDS:
+        own = config.shadowed(name, model.class_names)
+        if own and getattr(config, name) != getattr(tuned, name):
+            log.warning("config.%s = %s is not used for %s (their own %s in config.per_class); "
+                        "set it for every type with config.override(%s=...)", name,
+                        getattr(config, name), ", ".join(own), name, name)
+    unknown = sorted(set(config.per_class) - set(model.class_names))
+    if unknown:
+        log.warning("config.per_class names cell types the model does not have: %s (its "
+                    "types: %s)", ", ".join(unknown), ", ".join(model.class_names))
+
+
 def segment(images: Sequence[np.ndarray], model: Model, *, batch_size: int = 8,
             config: SegmentConfig | None = None, tile: int | None = DEFAULT_TILE,
             tta: bool = False, scale: float = 1.0, return_maps: bool = False,
-            precision: str = "auto") -> list[SegmentResult]:
+            precision: str = "auto",
+            normalize: tuple[float, float] | None = NORMALIZE) -> list[SegmentResult]:
     """Segment images with a flowseg model.
 
     Parameters
@@ -567,6 +597,8 @@ def segment(images: Sequence[np.ndarray], model: Model, *, batch_size: int = 8,
         Network tiles (or whole images) per forward pass.
     config : SegmentConfig, optional
         Post-processing thresholds; ``None`` uses those stored with the model (tuned values).
+        To change a few and keep the tuned rest: ``model.segment_config.override(min_size=30)``
+        (a config that would drop or ignore the tuned values is used, with a warning).
     tile : int or None
         Network tile side in pixels, a positive multiple of the model's ``size_multiple`` (8
         for the default model; see :func:`check_tile`); larger images are tiled with overlap
@@ -585,6 +617,10 @@ def segment(images: Sequence[np.ndarray], model: Model, *, batch_size: int = 8,
         bf16 (AVX-512 BF16 / AMX, where it is 2-3x faster), float32 elsewhere; ``"fp32"``
         always float32 (see :func:`flowseg.device.resolve_precision`). Maps are float32 either
         way, and flow following is the same.
+    normalize : (float, float) or None
+        Percentiles of each image channel mapped to 0 and 1 before the network (default 1, 99,
+        as in training; cellpose's ``norm_percentile``); None: pixel values as they are
+        (cellpose's ``--no_norm``), for images already scaled to about [0, 1].
 
     Returns
     -------
@@ -596,10 +632,11 @@ def segment(images: Sequence[np.ndarray], model: Model, *, batch_size: int = 8,
     if not isinstance(config, SegmentConfig):
         raise TypeError(f"config: expected a SegmentConfig or None, got {type(config).__name__}")
     _check_int("batch_size", batch_size, minimum=1)
+    warn_dropped_tuning(config, model)
     images = _check_images(images, model.model_config.in_channels)
     if not images:
         return []
     maps = predict_maps(images, model, batch_size=batch_size, tile=tile, tta=tta, scale=scale,
-                        precision=precision)
+                        precision=precision, normalize=normalize)
     return segment_maps(maps, model.class_names, config=config, batch_size=batch_size,
                         return_maps=return_maps)

@@ -57,7 +57,8 @@ log = logging.getLogger(__name__)
 #: Failure report written into ``out_dir`` when any image of the folder failed.
 FAILED_FILE = "failed.csv"
 FAILED_COLUMNS = ("name", "path", "reason")
-_DASK_HINT = "install it with: pip install 'flowseg[cluster]' (or 'dask[distributed]')"
+_DASK_HINT = ("install it with: pip install 'dask[distributed]' (in a flowseg checkout: "
+              "pip install -e '.[cluster]')")
 _T = TypeVar("_T")
 
 
@@ -85,8 +86,7 @@ def _settings(model_path: str | None, config: BatchConfig) -> dict[str, Any]:
     else:
         path = Path(model_path).resolve()
         model = f"{path}@{path.stat().st_mtime_ns}" if path.is_file() else str(path)
-    return {"model": model, "tile": config.tile, "tta": config.tta, "scale": config.scale,
-            "precision": config.precision}
+    return {"model": model, **config.settings()}
 
 
 # ----------------------------------------------------------------------------- dask
@@ -307,6 +307,7 @@ def segment_files(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike
     # Loaded here too: checks the file before any task runs, gives the class names.
     model = load_model(model_path, device="cpu" if client is not None else config.device)
     check_tile(config.tile, size_multiple=model.model_config.size_multiple)
+    config.segment_config(model)  # unknown cell types or values fail here, before any image
     out.mkdir(parents=True, exist_ok=True)
     chunks = [paths[i:i + config.chunk] for i in range(0, len(paths), config.chunk)]
     with tqdm(total=len(paths), unit="img", disable=not progress) as bar:
@@ -314,8 +315,8 @@ def segment_files(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike
             outcomes = []
             for chunk in chunks:
                 outcomes.extend(segment_chunk(chunk, out, model=model, config=config,
-                                              settings=settings, overwrite=overwrite))
-                bar.update(len(chunk))
+                                              settings=settings, overwrite=overwrite,
+                                              progress=bar.update))
         else:
             outcomes = _dask_outcomes(client, chunks, str(out), model_path, config, settings,
                                       overwrite, bar)

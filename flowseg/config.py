@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +61,9 @@ class ClassThresholds:
             _check_int("min_size", self.min_size, minimum=0)
 
 
+#: The fields that :class:`ClassThresholds` sets per cell type.
+CLASS_FIELDS = tuple(f.name for f in dataclasses.fields(ClassThresholds))
+
 #: Values of ``SegmentConfig.class_source``.
 CLASS_SOURCES = ("image", "instance")
 
@@ -96,6 +99,16 @@ class SegmentConfig:
         sinks. Targets are unit length except at the sink, and a network's flows shrink near
         cell centres, so 0.3 turns the uncertain centre into one sink; with noisy flows it
         gave the best round trip in ``benchmarks/flows.py`` (0 lets every pixel move).
+    exclude_on_edges : bool
+        Drop instances that touch the image border (cellpose's ``exclude_on_edges``).
+
+    Notes
+    -----
+    To change some values of a model's config and keep its tuned ones, use :meth:`override`:
+    ``model.segment_config.override(min_size=30)``. A new ``SegmentConfig(min_size=30)`` has
+    no per-type values, and ``dataclasses.replace(config, min_size=30)`` changes only the
+    global value, which every type with its own ``min_size`` in ``per_class`` ignores
+    (:func:`flowseg.segment` warns about both).
     """
 
     cellprob_threshold: float = 0.0
@@ -106,6 +119,7 @@ class SegmentConfig:
     per_class: Mapping[str, ClassThresholds] = field(default_factory=dict)
     class_source: str = "image"
     min_flow: float = 0.3
+    exclude_on_edges: bool = False
 
     def __post_init__(self) -> None:
         if self.class_source not in CLASS_SOURCES:
@@ -117,8 +131,9 @@ class SegmentConfig:
         _check_int("niter", self.niter, minimum=1)
         if _check_finite("min_flow", self.min_flow) < 0:
             raise ValueError(f"min_flow: expected >= 0, got {self.min_flow}")
-        if not isinstance(self.fill_holes, bool):
-            raise TypeError(f"fill_holes: expected a bool, got {self.fill_holes!r}")
+        for name in ("fill_holes", "exclude_on_edges"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name}: expected a bool, got {getattr(self, name)!r}")
         if not isinstance(self.per_class, Mapping):
             raise TypeError(f"per_class: expected a mapping of cell type -> ClassThresholds, "
                             f"got {type(self.per_class).__name__}")
@@ -133,6 +148,60 @@ class SegmentConfig:
         values = {} if overrides is None else {
             k: v for k, v in dataclasses.asdict(overrides).items() if v is not None}
         return dataclasses.replace(self, per_class={}, **values)
+
+    def override(self, **values: Any) -> SegmentConfig:
+        """This config with the given values changed and every other value kept.
+
+        Parameters
+        ----------
+        **values
+            ``SegmentConfig`` fields. For the per-type fields (``cellprob_threshold``,
+            ``flow_threshold``, ``min_size``) a number sets the value of **every** cell type
+            (the global value, and that field is cleared from each ``per_class`` entry, which
+            would win otherwise); a mapping ``{cell type: number}`` sets those types only. Other
+            fields (``niter``, ``exclude_on_edges``, ...) take a plain value.
+
+        Returns
+        -------
+        SegmentConfig
+
+        Raises
+        ------
+        TypeError
+            An unknown field, or a mapping for a field that has no per-type values.
+
+        Examples
+        --------
+        >>> tuned = SegmentConfig(min_size=15, per_class={"astro": ClassThresholds(min_size=100)})
+        >>> tuned.override(min_size=30).for_class("astro").min_size
+        30
+        >>> tuned.override(min_size={"cort": 50}).for_class("astro").min_size
+        100
+        """
+        known = {f.name for f in dataclasses.fields(self)} - {"per_class"}
+        per_class = dict(self.per_class)
+        changes = {}
+        for name, value in values.items():
+            if name not in known:
+                raise TypeError(f"override: unknown value {name!r}; expected one of {sorted(known)}")
+            if isinstance(value, Mapping):
+                if name not in CLASS_FIELDS:
+                    raise TypeError(f"{name}: expected one value for all cell types (per-type "
+                                    f"values exist for {CLASS_FIELDS}), got a mapping")
+                for cell_type, v in value.items():
+                    per_class[cell_type] = dataclasses.replace(
+                        per_class.get(cell_type, ClassThresholds()), **{name: v})
+                continue
+            changes[name] = value
+            if name in CLASS_FIELDS:
+                per_class = {k: dataclasses.replace(v, **{name: None}) for k, v in per_class.items()}
+        return dataclasses.replace(self, per_class=per_class, **changes)
+
+    def shadowed(self, name: str, class_names: Iterable[str]) -> list[str]:
+        """The cell types of ``class_names`` that have their own value of the per-type field
+        ``name`` in ``per_class`` (so the global value does not apply to them)."""
+        return [t for t in class_names
+                if getattr(self.per_class.get(t, ClassThresholds()), name) is not None]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-python representation (for checkpoints and JSON)."""

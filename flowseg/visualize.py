@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from skimage.segmentation import find_boundaries
 
-__all__ = ["CLASS_COLORS", "overlay_outlines", "to_display_gray"]
+__all__ = ["CLASS_COLORS", "flows_to_rgb", "overlay_outlines", "to_display_gray"]
 
 #: RGB colours for class indices 0, 1, 2, ... (cycled past the end).
 CLASS_COLORS: tuple[tuple[int, int, int], ...] = (
@@ -52,3 +52,28 @@ def overlay_outlines(image: np.ndarray, labels: np.ndarray, instance_classes: Se
     edges = find_boundaries(labels, mode="inner")
     rgb[edges] = lut[labels[edges]]
     return rgb
+
+
+def flows_to_rgb(flows: np.ndarray) -> np.ndarray:
+    """Colour picture of flows: hue = direction, brightness = length (cellpose's ``dx_to_circ``).
+
+    Parameters
+    ----------
+    flows : (2, H, W) ndarray of float
+        (dy, dx).
+
+    Returns
+    -------
+    (H, W, 3) ndarray of uint8
+        The length is stretched between its 1st and 99th percentiles.
+    """
+    flows = np.asarray(flows, dtype=np.float32)
+    if flows.ndim != 3 or flows.shape[0] != 2:
+        raise ValueError(f"flows: expected shape (2, H, W), got {flows.shape}")
+    length = np.sqrt((flows ** 2).sum(axis=0))
+    lo, hi = np.percentile(length, [1, 99])
+    magnitude = 255 * np.clip((length - lo) / (hi - lo) if hi > lo else 0 * length, 0, 1) / 2
+    angle = np.arctan2(flows[1], flows[0]) + np.pi
+    phases = np.array([0, 2 * np.pi / 3, 4 * np.pi / 3])
+    rgb = magnitude[..., None] * (np.cos(angle[..., None] + phases) + 1)
+    return np.clip(rgb, 0, 255).astype(np.uint8)

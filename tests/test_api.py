@@ -325,3 +325,53 @@ def test_wrong_channels_say_how_many_the_model_takes():
     with pytest.raises(ValueError, match=r"images\[1\]: the model takes 1 channel\(s\), got an "
                                          r"image of shape \(5, 32, 32\) \(5 channels"):
         predict_maps([np.zeros((32, 32)), np.zeros((5, 32, 32))], tiny_model())
+
+
+def _oracle(labels, per_class):
+    config = ModelConfig(n_classes=2, widths=(8, 16))
+    return Model(OracleNet(labels, k=1, n_classes=2), config, ("a", "b"),
+                 SegmentConfig(min_size=0, per_class=per_class))
+
+
+def test_overriding_one_value_keeps_the_tuned_rest(caplog):
+    from flowseg.config import ClassThresholds
+
+    _, labels = make_synthetic("round", shape=(96, 96), seed=3)
+    image = [np.zeros((96, 96), np.float32)]
+    tuned = {"b": ClassThresholds(min_size=10_000, flow_threshold=0.0)}
+    model = _oracle(labels, tuned)
+    assert segment(image, model, tile=None)[0].n_instances == 0
+    config = model.segment_config.override(min_size=0)           # for every type
+    assert config.for_class("b").flow_threshold == 0.0            # the tuned rest is kept
+    assert segment(image, model, tile=None, config=config)[0].n_instances == labels.max()
+    config = model.segment_config.override(min_size={"a": 5})    # another type: b still tuned
+    assert segment(image, model, tile=None, config=config)[0].n_instances == 0
+    caplog.clear()
+    segment(image, model, tile=None, config=dataclasses.replace(model.segment_config, min_size=7))
+    assert "config.min_size = 7 is not used for b (their own min_size" in caplog.text
+    assert "override(min_size=...)" in caplog.text
+    caplog.clear()
+    segment(image, model, tile=None, config=SegmentConfig(min_size=30))
+    assert "the model's tuned ones (b) are not used" in caplog.text
+
+
+def test_exclude_on_edges_drops_cells_touching_the_border():
+    _, labels = make_synthetic("round", shape=(96, 96), seed=3)
+    model = _oracle(labels, {})
+    config = model.segment_config.override(exclude_on_edges=True)
+    (res,) = segment([np.zeros((96, 96), np.float32)], model, tile=None, config=config)
+    border = {*labels[0], *labels[-1], *labels[:, 0], *labels[:, -1]} - {0}
+    assert border and res.n_instances == labels.max() - len(border)
+    assert not ({*res.labels[0], *res.labels[-1], *res.labels[:, 0], *res.labels[:, -1]} - {0})
+
+
+def test_normalize_none_feeds_the_pixels_as_they_are():
+    model = tiny_model()
+    image = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    raw = predict_maps([image], model, tile=None, normalize=None, precision="fp32")[0]
+    same = predict_maps([image * 1000], model, tile=None, precision="fp32")[0]
+    other = predict_maps([image * 1000], model, tile=None, normalize=None, precision="fp32")[0]
+    assert not torch.allclose(raw, other)
+    assert torch.allclose(same, predict_maps([image], model, tile=None, precision="fp32")[0])
+    with pytest.raises(ValueError, match=r"normalize: expected percentiles 0 <= low < high"):
+        segment([image], model, normalize=(99, 1))

@@ -84,7 +84,7 @@ def test_local_dask_cluster_equals_in_process_and_skips_on_rerun(inputs, tmp_pat
 
 def test_dask_missing_gives_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)
-    with pytest.raises(ModuleNotFoundError, match=r"pip install 'flowseg\[cluster\]'"):
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'dask\[distributed\]'"):
         with local_client(1):
             pass
 
@@ -247,3 +247,15 @@ def test_an_image_that_cannot_be_segmented_fails_alone(inputs, tmp_path, monkeyp
                            config=dataclasses.replace(CONFIG, chunk=chunk))
     assert [o.status for o in result.outcomes] == ["done", "failed", "done"]
     assert result.failed[0].reason == "RuntimeError: no room for this image"
+
+
+def test_batch_config_checks_the_new_options_and_keeps_old_records_valid():
+    assert set(BatchConfig().settings()) == {"tile", "tta", "scale", "precision"}
+    assert BatchConfig(save=("seg", "rois", "seg")).save == ("rois", "seg")
+    with pytest.raises(ValueError, match=r"save: unknown output kind\(s\) \['sef'\]"):
+        BatchConfig(save=("sef",))
+    with pytest.raises(TypeError, match="override: unknown value 'min_sise'"):
+        BatchConfig(segment={"min_sise": 3})
+    with pytest.raises(ValueError, match="stitch_threshold: expected an IoU"):
+        BatchConfig(stitch_threshold=2)
+    assert BatchConfig(channel=2, normalize=None).settings()["channel"] == [2]

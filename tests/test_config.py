@@ -57,3 +57,31 @@ def test_model_config_from_before_style_classes_has_none():
     stored = ModelConfig().to_dict()
     assert stored.pop("style_classes") is True
     assert ModelConfig.from_dict(stored).style_classes is False
+
+
+def test_override_keeps_the_tuned_values_it_does_not_name():
+    tuned = SegmentConfig(min_size=15, flow_threshold=0.4, per_class={
+        "astro": ClassThresholds(min_size=100, flow_threshold=0.6),
+        "cort": ClassThresholds(min_size=60)})
+    every = tuned.override(min_size=30)
+    assert [every.for_class(t).min_size for t in ("astro", "cort", None)] == [30, 30, 30]
+    assert every.for_class("astro").flow_threshold == 0.6
+    some = tuned.override(min_size={"astro": 50, "shsy5y": 5}, exclude_on_edges=True)
+    assert [some.for_class(t).min_size for t in ("astro", "cort", "shsy5y")] == [50, 60, 5]
+    assert some.exclude_on_edges and some.for_class("astro").flow_threshold == 0.6
+    assert tuned.shadowed("min_size", ["astro", "cort", "shsy5y"]) == ["astro", "cort"]
+    assert every.shadowed("min_size", ["astro", "cort"]) == []
+    with pytest.raises(TypeError, match="override: unknown value 'min_sise'"):
+        tuned.override(min_sise=3)
+    with pytest.raises(TypeError, match="niter: expected one value for all cell types"):
+        tuned.override(niter={"astro": 3})
+    with pytest.raises(ValueError, match="min_size: expected an int >= 0"):
+        tuned.override(min_size={"astro": -1})
+    with pytest.raises(TypeError, match="exclude_on_edges: expected a bool"):
+        SegmentConfig(exclude_on_edges=1)
+
+
+def test_configs_stored_before_exclude_on_edges_load():
+    stored = SegmentConfig().to_dict()
+    assert stored.pop("exclude_on_edges") is False
+    assert SegmentConfig.from_dict(stored) == SegmentConfig()

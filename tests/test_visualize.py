@@ -28,3 +28,13 @@ def test_mismatches_are_errors():
         overlay_outlines(np.zeros((4, 4)), np.zeros((5, 4), np.int32), [])
     with pytest.raises(ValueError, match="instance_classes"):
         overlay_outlines(np.zeros((4, 4)), np.ones((4, 4), np.int32), [])
+
+
+def test_flow_picture_is_cellposes():
+    from cellpose.plot import dx_to_circ
+
+    from flowseg.visualize import flows_to_rgb
+
+    flows = np.random.default_rng(0).normal(size=(2, 20, 30)).astype(np.float32)
+    diff = flows_to_rgb(flows).astype(int) - dx_to_circ(flows)  # float rounding: +-1 at most
+    assert np.abs(diff).max() <= 1 and (diff != 0).mean() < 0.01

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["normalize_image", "LOWER_PERCENTILE", "UPPER_PERCENTILE"]
+__all__ = ["normalize_image", "check_percentiles", "LOWER_PERCENTILE", "UPPER_PERCENTILE"]
 
 #: Percentiles mapped to 0 and 1.
 LOWER_PERCENTILE = 1.0
@@ -29,9 +29,33 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def _normalize_channel(channel: np.ndarray) -> np.ndarray:
-    """Map the 1st..99th percentile to 0..1; falls back to min..max; a constant channel -> 0."""
-    lo, hi = np.percentile(channel, [LOWER_PERCENTILE, UPPER_PERCENTILE])
+def check_percentiles(percentiles: object) -> tuple[float, float] | None:
+    """``percentiles`` as a pair ``(low, high)`` with ``0 <= low < high <= 100``, or None.
+
+    Raises
+    ------
+    TypeError
+        Not None and not a pair of numbers.
+    ValueError
+        Out of order or outside [0, 100].
+    """
+    if percentiles is None:
+        return None
+    if not isinstance(percentiles, (tuple, list)) or len(percentiles) != 2 or any(
+            isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer))
+            for v in percentiles):
+        raise TypeError(f"normalize: expected None (no normalisation) or a pair of percentiles "
+                        f"(low, high), e.g. (1, 99); got {percentiles!r}")
+    low, high = float(percentiles[0]), float(percentiles[1])
+    if not 0 <= low < high <= 100:
+        raise ValueError(f"normalize: expected percentiles 0 <= low < high <= 100, got "
+                         f"({low:g}, {high:g})")
+    return low, high
+
+
+def _normalize_channel(channel: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
+    """Map the low..high percentile to 0..1; falls back to min..max; a constant channel -> 0."""
+    lo, hi = np.percentile(channel, list(percentiles))
     if hi <= lo:
         lo, hi = channel.min(), channel.max()
     if hi <= lo:
@@ -39,13 +63,18 @@ def _normalize_channel(channel: np.ndarray) -> np.ndarray:
     return ((channel - lo) / (hi - lo)).astype(np.float32)
 
 
-def normalize_image(image: np.ndarray) -> np.ndarray:
+def normalize_image(image: np.ndarray, *,
+                    percentiles: tuple[float, float] | None = (LOWER_PERCENTILE, UPPER_PERCENTILE)
+                    ) -> np.ndarray:
     """Normalise each channel so its 1st percentile maps to 0 and its 99th to 1.
 
     Parameters
     ----------
     image : (H, W) or (C, H, W) ndarray of any integer, bool or float dtype
         A 2-D image is one channel; a 3-D image always has the channel axis first.
+    percentiles : (float, float) or None
+        The percentiles mapped to 0 and 1 (cellpose's ``norm_percentile``); None: no
+        normalisation, the values are only cast to float32 (cellpose's ``--no_norm``).
 
     Returns
     -------
@@ -62,6 +91,9 @@ def normalize_image(image: np.ndarray) -> np.ndarray:
         Not a numpy array, or a non-numeric dtype.
     """
     image = _check_image(image)
+    percentiles = check_percentiles(percentiles)
     image = image[None] if image.ndim == 2 else image
+    if percentiles is None:
+        return image.astype(np.float32)
     data = image.astype(np.float64 if image.dtype.itemsize > 4 else np.float32, copy=False)
-    return np.stack([_normalize_channel(c) for c in data])
+    return np.stack([_normalize_channel(c, percentiles) for c in data])

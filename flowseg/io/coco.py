@@ -1,4 +1,11 @@
-"""COCO instance annotations (the LIVECell format) to label images.
+"""COCO instance annotations (the LIVECell format) to label images, and results to COCO.
+
+Reading: :func:`read_coco`. Writing: :func:`coco_results` / :func:`write_coco_results` turn
+one segmentation into a COCO json (``images``, ``categories`` = the model's cell types,
+``annotations`` with compressed-RLE masks encoded by ``pycocotools``, ``bbox``, ``area`` and
+``score`` = the instance score): the ``annotations`` list is a COCO results file as
+``pycocotools.COCO.loadRes`` and detection tools read it, and the whole file reads back with
+:func:`read_coco` or ``pycocotools.COCO``.
 
 Supported segmentations: polygons (``[[x1, y1, x2, y2, ...], ...]``, several parts per instance
 are joined) and RLE (``{"size": [h, w], "counts": ...}``), with ``counts`` either an
@@ -28,7 +35,8 @@ from flowseg.errors import InputError
 from flowseg.io.folders import UNKNOWN_CELL_TYPE
 from flowseg.io.instances import paint_instances
 
-__all__ = ["CocoImage", "coco_rle_string_to_counts", "read_coco", "segmentation_indices"]
+__all__ = ["CocoImage", "coco_results", "coco_rle_string_to_counts", "read_coco",
+           "segmentation_indices", "write_coco_results"]
 
 
 @dataclass(frozen=True)
@@ -230,3 +238,52 @@ def read_coco(path: str | os.PathLike) -> list[CocoImage]:
         images.append(CocoImage(im["id"], str(im["file_name"]), shape, tuple(segs), tuple(cats),
                                 source=f"{path.name} image {im['id']} ({im['file_name']})"))
     return images
+
+
+def coco_results(result, *, file_name: str, image_id: int = 1) -> dict:
+    """The COCO json of one 2-D segmentation (see the module docstring).
+
+    Parameters
+    ----------
+    result : SegmentResult
+        Its ``labels`` (H, W), ``cell_types``, ``scores`` and ``class_names``.
+    file_name : str
+        The image's file name, as COCO's ``images[0].file_name``.
+    image_id : int
+
+    Returns
+    -------
+    dict
+        ``info``, ``images`` (one), ``categories`` (id = class index + 1, name = cell type) and
+        ``annotations`` (one per cell, id = its label id).
+    """
+    from pycocotools import mask as coco_mask
+
+    labels = np.asarray(result.labels)
+    if labels.ndim != 2:
+        raise ValueError(f"result.labels: COCO holds 2-D images, got shape {labels.shape}")
+    category = {name: k + 1 for k, name in enumerate(result.class_names)}
+    annotations = []
+    for k, (cell_type, score) in enumerate(zip(result.cell_types, result.scores), start=1):
+        rle = coco_mask.encode(np.asfortranarray(labels == k, dtype=np.uint8))
+        annotations.append({
+            "id": k, "image_id": image_id, "category_id": category[cell_type],
+            "segmentation": {"size": [int(v) for v in rle["size"]],
+                             "counts": rle["counts"].decode("ascii")},
+            "area": int(coco_mask.area(rle)), "bbox": [float(v) for v in coco_mask.toBbox(rle)],
+            "iscrowd": 0, "score": float(score)})
+    return {"info": {"description": "flowseg segmentation"},
+            "images": [{"id": image_id, "file_name": file_name, "height": labels.shape[0],
+                        "width": labels.shape[1]}],
+            "categories": [{"id": i, "name": n} for n, i in category.items()],
+            "annotations": annotations}
+
+
+def write_coco_results(path: str | os.PathLike, result, *, file_name: str,
+                       image_id: int = 1) -> None:
+    """Write :func:`coco_results` to ``path`` (atomically)."""
+    from flowseg.io.atomic import atomic_path
+
+    data = coco_results(result, file_name=file_name, image_id=image_id)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data), encoding="utf-8")

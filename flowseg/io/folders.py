@@ -4,15 +4,21 @@ Layout of a folder ``DIR``::
 
     DIR/<name>.tif          image (also .tiff or .png), read with flowseg.io.images.read_image
     DIR/<name>_masks.tif    label image (also .tiff or .png), read with read_labels
+    DIR/<name>_seg.npy      or cellpose's GUI file instead (its ``masks``; e.g. masks corrected
+                            in the cellpose GUI, from flowseg-segment --save-seg or cellpose)
     DIR/cell_types.csv      optional sidecar, header ``name,cell_type``, one row per image
 
 Rules of :func:`list_folder`:
 
-* every image needs its ``_masks`` file and every ``_masks`` file its image (else InputError);
+* every image needs its ``_masks`` (or ``_seg.npy``) file and every one of those its image
+  (else InputError); when an image has both, the ``_seg.npy`` file is read: it is where
+  cellpose's GUI saves corrections (beside the image it opened), and ``flowseg-segment
+  --save-seg`` writes the same masks into both;
   with ``require_images=False`` a masks-only folder (ground truth or predictions) is accepted
   and items without an image get ``image_path=None``;
-* files ending in ``_flows.<ext>`` (Cellpose's flow outputs), hidden files and files that are not
-  images are ignored;
+* files ending in ``_flows.<ext>`` and ``_cp_masks.<ext>`` (cellpose's flow and PNG mask
+  outputs, also written by ``flowseg-segment --save-flows / --save-png``), hidden files and
+  files that are not images are ignored;
 * **without** ``cell_types.csv`` every item gets cell type ``"unknown"`` (plain Cellpose folders
   work); **with** it, the sidecar must list every image exactly once and nothing else
   (a missing, duplicate or extra name is an InputError).
@@ -40,8 +46,10 @@ __all__ = ["CELL_TYPES_FILE", "FolderItem", "UNKNOWN_CELL_TYPE", "check_out_fold
 CELL_TYPES_FILE = "cell_types.csv"
 UNKNOWN_CELL_TYPE = "unknown"
 MASKS_SUFFIX = "_masks"
+#: cellpose's GUI file, read as a masks file (:func:`flowseg.io.cellpose.read_seg_labels`).
+SEG_SUFFIX = "_seg.npy"
 _FOLDER_SUFFIXES = (".tif", ".tiff", ".png")
-_IGNORED_STEM_ENDINGS = ("_flows",)
+_IGNORED_STEM_ENDINGS = ("_flows", "_cp_masks")
 
 
 @dataclass(frozen=True)
@@ -66,20 +74,26 @@ class FolderItem:
 
 
 def _scan(directory: Path) -> tuple[dict[str, Path], dict[str, Path]]:
-    """Map stems to image files and to ``_masks`` files, refusing duplicate stems."""
+    """Map stems to image files and to ``_masks`` files, refusing duplicate stems (a
+    ``_seg.npy`` file wins over a ``_masks`` file of the same name)."""
     images: dict[str, Path] = {}
     masks: dict[str, Path] = {}
+    seg: dict[str, Path] = {}
     for path in sorted(directory.iterdir()):
-        if path.name.startswith(".") or not path.is_file() or path.suffix.lower() not in _FOLDER_SUFFIXES:
+        if path.name.startswith(".") or not path.is_file():
             continue
-        stem = path.stem
-        if stem.endswith(_IGNORED_STEM_ENDINGS):
+        if path.name.endswith(SEG_SUFFIX):
+            table, key = seg, path.name[: -len(SEG_SUFFIX)]
+        elif path.suffix.lower() not in _FOLDER_SUFFIXES or path.stem.endswith(_IGNORED_STEM_ENDINGS):
             continue
-        table, key = (masks, stem[: -len(MASKS_SUFFIX)]) if stem.endswith(MASKS_SUFFIX) else (images, stem)
+        elif path.stem.endswith(MASKS_SUFFIX):
+            table, key = masks, path.stem[: -len(MASKS_SUFFIX)]
+        else:
+            table, key = images, path.stem
         if key in table:
             raise InputError(f"{directory}: two files for {key!r}: {table[key].name} and {path.name}")
         table[key] = path
-    return images, masks
+    return images, {**masks, **seg}
 
 
 def read_cell_types(path: str | os.PathLike) -> dict[str, str]:

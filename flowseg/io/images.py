@@ -26,8 +26,8 @@ from PIL import Image
 from flowseg.errors import InputError, one_line
 from flowseg.io.atomic import atomic_path
 
-__all__ = ["read_image", "read_labels", "write_image", "write_labels", "TIFF_SUFFIXES",
-           "IMAGE_SUFFIXES"]
+__all__ = ["read_image", "read_image_stack", "read_labels", "write_image", "write_labels",
+           "TIFF_SUFFIXES", "IMAGE_SUFFIXES"]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 #: File endings read as images (Pillow handles all but TIF).
@@ -57,8 +57,8 @@ def _collapse_gray(colour: np.ndarray) -> np.ndarray:
     return colour
 
 
-def _read_pillow(path: Path) -> np.ndarray:
-    """Read a PNG (or other Pillow format) as ``(H, W)`` or ``(C, H, W)``."""
+def _pillow_array(path: Path) -> np.ndarray:
+    """A PNG (or other Pillow format) as ``(H, W)`` or ``(H, W, S)``."""
     with Image.open(path) as im:
         if im.mode == "P":
             im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -69,13 +69,32 @@ def _read_pillow(path: Path) -> np.ndarray:
         data = np.asarray(im)
         if im.mode in _PIL_MODES:
             data = data.astype(_PIL_MODES[im.mode])
+    return data
+
+
+def _read_pillow(path: Path) -> np.ndarray:
+    """Read a PNG (or other Pillow format) as ``(H, W)`` or ``(C, H, W)``."""
+    data = _pillow_array(path)
     if data.ndim == 3:
         data = _collapse_gray(np.moveaxis(data[..., :3] if data.shape[-1] == 4 else data, -1, 0))
     return data
 
 
-def _read_raw(path: str | os.PathLike, what: str) -> np.ndarray:
+def _tiff_axes(path: Path) -> tuple[np.ndarray, str]:
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        return series.asarray(), series.axes
+
+
+def _pillow_axes(path: Path) -> tuple[np.ndarray, str]:
+    data = _pillow_array(path)
+    return data, "YXS" if data.ndim == 3 else "YX"
+
+
+def _read_raw(path: str | os.PathLike, what: str, read=None):
     """Read any supported file into an array, InputError naming ``path`` on failure.
+
+    ``read``: a pair of readers (TIF, Pillow) to use instead of the default ones.
 
     Any failure of the decoders counts: besides ``OSError`` and ``ValueError``, a damaged or
     truncated compressed file raises the codec's own exceptions (``zlib.error``, imagecodecs'
@@ -84,10 +103,11 @@ def _read_raw(path: str | os.PathLike, what: str) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{what} {path}: no such file")
+    read_tiff, read_pillow = read or (lambda p: np.asarray(_read_tiff(p)), _read_pillow)
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
-            return np.asarray(_read_tiff(path))
-        return _read_pillow(path)
+            return read_tiff(path)
+        return read_pillow(path)
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever a decoder raises, the file is unreadable
@@ -132,27 +152,74 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return _check_pixels(_read_raw(path, "image"), Path(path), "image")
 
 
-def read_labels(path: str | os.PathLike) -> np.ndarray:
-    """Read a label image (TIF or PNG): 0 = background, one positive id per instance.
+def read_image_stack(path: str | os.PathLike, *, channel_axis: int | None = None,
+                     z_axis: int | None = None) -> tuple[np.ndarray, bool]:
+    """Read an image file as ``(Z, C, H, W)``: planes, channels, rows, columns.
+
+    Which axis is which comes from the file's metadata (TIF axes; ImageJ hyperstacks) or from
+    ``channel_axis`` / ``z_axis`` (indices into the array as stored); see
+    :func:`flowseg.io.axes.arrange_axes`. Pixel values are not rescaled.
 
     Parameters
     ----------
     path : path-like
+    channel_axis, z_axis : int, optional
 
     Returns
     -------
-    labels : (H, W) ndarray of int32
+    image : (Z, C, H, W) ndarray
+    is_stack : bool
+        The file holds several planes.
 
     Raises
     ------
     InputError
-        Missing or unreadable file, not 2-D, negative, fractional or too large (> 2**31 - 1)
-        values.
+        Missing, unreadable or empty file, NaN or infinite values, axes that cannot be told
+        apart (the message names the file).
+    """
+    from flowseg.io.axes import arrange_axes
+
+    path = Path(path)
+    data, axes = _read_raw(path, "image", read=(_tiff_axes, _pillow_axes))
+    image, is_stack = arrange_axes(np.asarray(data), axes, channel_axis=channel_axis,
+                                   z_axis=z_axis, name=f"image {path}")
+    _check_pixels(image.reshape(-1, *image.shape[-2:]), path, "image")
+    return (image.astype(np.uint8) if image.dtype == bool else image), is_stack
+
+
+def _read_label_data(path: Path) -> np.ndarray:
+    if path.name.lower().endswith(".npy"):
+        from flowseg.io.cellpose import read_seg_labels
+
+        return read_seg_labels(path)
+    return _read_raw(path, "label image")
+
+
+def read_labels(path: str | os.PathLike, *, allow_3d: bool = False) -> np.ndarray:
+    """Read a label image (TIF, PNG or cellpose ``_seg.npy``): 0 = background, one positive
+    id per instance.
+
+    Parameters
+    ----------
+    path : path-like
+    allow_3d : bool
+        Also accept a ``(Z, H, W)`` label stack.
+
+    Returns
+    -------
+    labels : (H, W) (or (Z, H, W)) ndarray of int32
+
+    Raises
+    ------
+    InputError
+        Missing or unreadable file, not 2-D (3-D), negative, fractional or too large
+        (> 2**31 - 1) values.
     """
     path = Path(path)
-    data = _check_pixels(_read_raw(path, "label image"), path, "label image")
-    if data.ndim != 2:
-        raise InputError(f"label image {path}: expected a 2-D (H, W) label image, got shape {data.shape}")
+    data = _check_pixels(_read_label_data(path), path, "label image")
+    if data.ndim != 2 and not (allow_3d and data.ndim == 3):
+        expected = "(H, W) or (Z, H, W)" if allow_3d else "a 2-D (H, W)"
+        raise InputError(f"label image {path}: expected {expected} label image, got shape {data.shape}")
     if np.issubdtype(data.dtype, np.floating) and (data != np.round(data)).any():
         raise InputError(f"label image {path}: expected integer labels, got fractional values")
     if data.min() < 0 or data.max() > np.iinfo(np.int32).max:
@@ -175,13 +242,13 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray) -> None:
     ----------
     path : path-like
         Ends in ``.tif`` or ``.tiff``. Written atomically.
-    labels : (H, W) array_like of int
-        Non-negative labels.
+    labels : (H, W) or (Z, H, W) array_like of int
+        Non-negative labels (a stack is written with axes ``ZYX``).
     """
     path = _check_tiff_path(path)
     labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise ValueError(f"labels must be 2-D (H, W), got shape {labels.shape}")
+    if labels.ndim not in (2, 3):
+        raise ValueError(f"labels must be (H, W) or (Z, H, W), got shape {labels.shape}")
     if not np.issubdtype(labels.dtype, np.integer):
         raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
     if labels.size and labels.min() < 0:
@@ -189,7 +256,8 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray) -> None:
     top = int(labels.max()) if labels.size else 0
     dtype = np.uint16 if top <= np.iinfo(np.uint16).max else np.uint32
     with atomic_path(path) as tmp:
-        tifffile.imwrite(tmp, labels.astype(dtype), compression="zlib")
+        tifffile.imwrite(tmp, labels.astype(dtype), compression="zlib", photometric="minisblack",
+                         **({"metadata": {"axes": "ZYX"}} if labels.ndim == 3 else {}))
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:

@@ -22,7 +22,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["fill_instance_holes", "fill_label_holes", "paint_instances", "relabel_consecutive"]
+__all__ = ["drop_edge_instances", "fill_instance_holes", "fill_label_holes", "paint_instances",
+           "relabel_consecutive"]
 
 
 def _check_indices(indices: Sequence[np.ndarray], n_pixels: int) -> list[np.ndarray]:
@@ -142,3 +143,16 @@ def relabel_consecutive(labels: np.ndarray) -> np.ndarray:
     out = np.zeros(labels.shape, dtype=np.int32)
     out[foreground] = np.searchsorted(ids, labels[foreground]) + 1
     return out
+
+
+def drop_edge_instances(labels: np.ndarray) -> np.ndarray:
+    """``(H, W)`` non-negative labels without the instances that touch the image border, the
+    rest renumbered 1..N (int32)."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels: expected a 2-D (H, W) label image, got shape {labels.shape}")
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    border = border[border > 0]
+    if border.size == 0:
+        return relabel_consecutive(labels)
+    return relabel_consecutive(np.where(np.isin(labels, border), 0, labels))

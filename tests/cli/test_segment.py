@@ -94,7 +94,7 @@ def test_user_errors_exit_2(inputs, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)  # as if dask were not installed
     assert run_main("flowseg-segment", main, _args(model, paths[0], tmp_path / "o", "--dask",
                                                    "local")) == 2
-    assert "pip install 'flowseg[cluster]'" in capsys.readouterr().err
+    assert "pip install 'dask[distributed]'" in capsys.readouterr().err
 
 
 def test_demo_segments_the_shipped_samples_with_overlays(inputs, tmp_path, capsys):
@@ -139,3 +139,131 @@ def test_a_second_run_into_the_same_folder_keeps_the_first_runs_results(inputs, 
         assert [r["name"] for r in csv.DictReader(handle)] == [p.stem for p in good]
     with open(out / "failed.csv", newline="") as handle:
         assert [r["name"] for r in csv.DictReader(handle)] == ["bad"]
+
+
+# ----------------------------------------------------------------------------- cellpose habits
+SAVE = ["--save-seg", "--save-rois", "--save-outlines", "--save-png", "--save-flows", "--save-coco"]
+
+
+def test_save_options_write_cellposes_files_and_a_rerun_adds_missing_ones(inputs, tmp_path, capsys):
+    from cellpose import io as cellpose_io
+    from roifile import roiread
+
+    from flowseg.io.outputs import OUTPUT_SUFFIXES
+
+    model, paths = inputs
+    out = tmp_path / "out"
+    assert main([str(paths[0]), "--model", str(model), "--out", str(out), "--device", "cpu",
+                 "--quiet"]) == 0
+    assert main([str(paths[0]), "--model", str(model), "--out", str(out), "--device", "cpu",
+                 "--quiet", *SAVE]) == 0
+    assert "1 segmented, 0 skipped" in capsys.readouterr().out  # the new outputs were missing
+    name = paths[0].stem
+    labels = read_labels(out / f"{name}_masks.tif")
+    assert labels.max() > 0
+    assert all((out / f"{name}{suffix}").is_file() for suffix in OUTPUT_SUFFIXES.values())
+    np.testing.assert_array_equal(cellpose_io.imread(str(out / f"{name}_seg.npy")), labels)
+    assert len(roiread(out / f"{name}_rois.zip")) == labels.max()
+    assert len((out / f"{name}_cp_outlines.txt").read_text().splitlines()) == labels.max()
+    np.testing.assert_array_equal(read_labels(out / f"{name}_cp_masks.png"), labels)
+    assert main([str(paths[0]), "--model", str(model), "--out", str(out), "--device", "cpu",
+                 "--quiet", *SAVE]) == 0
+    assert "0 segmented, 1 skipped" in capsys.readouterr().out
+    (out / f"{name}_rois.zip").unlink()
+    assert main([str(paths[0]), "--model", str(model), "--out", str(out), "--device", "cpu",
+                 "--quiet", "--save-rois"]) == 0
+    assert "1 segmented, 0 skipped" in capsys.readouterr().out
+    assert (out / f"{name}_rois.zip").is_file()
+
+
+def test_an_rgb_file_is_segmented_on_the_chosen_channel(inputs, tmp_path, capsys):
+    import tifffile
+
+    from flowseg.io.images import read_image
+
+    model, paths = inputs
+    gray = read_image(paths[0])
+    noise = np.random.default_rng(1).integers(0, 1000, gray.shape).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "rgb.tif", np.stack([noise, gray, noise[::-1]], -1),
+                     photometric="rgb")
+    out = tmp_path / "out"
+    code = run_main("flowseg-segment", main, [str(tmp_path / "rgb.tif"), "--model", str(model),
+                                              "--out", str(out), "--device", "cpu", "--quiet"])
+    assert code == 1
+    assert (f"failed: rgb: InputError: image {tmp_path / 'rgb.tif'}: the model takes 1 "
+            "channel(s), got 3; pick with --channel N") in capsys.readouterr().out
+    assert main([str(tmp_path / "rgb.tif"), str(paths[0]), "--model", str(model), "--out",
+                 str(out), "--device", "cpu", "--quiet", "--channel", "2", "--save-seg"]) == 0
+    np.testing.assert_array_equal(read_labels(out / "rgb_masks.tif"),
+                                  read_labels(out / f"{paths[0].stem}_masks.tif"))
+    seg = np.load(out / "rgb_seg.npy", allow_pickle=True).item()
+    assert seg["chan_choose"] == [2, 0]
+
+
+def test_a_z_stack_becomes_a_3d_label_tif_with_ids_kept_across_planes(tmp_path, capsys):
+    import tifffile
+
+    import flowseg
+    from flowseg.io.images import read_image
+
+    crop = read_image(flowseg.sample_paths()[0])[100:228, 100:228]
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack([np.roll(crop, z, axis=1) for z in range(3)]),
+                     imagej=True, metadata={"axes": "ZYX"})
+    out = tmp_path / "out"
+    assert main([str(tmp_path / "stack.tif"), "--out", str(out), "--device", "cpu", "--quiet",
+                 "--tile", "0", "--save-seg", "--save-png"]) == 0
+    labels = read_labels(out / "stack_masks.tif", allow_3d=True)
+    assert labels.shape == (3, 128, 128) and labels.max() > 5
+    assert [set(np.unique(p)[1:]) for p in labels] == [set(range(1, labels.max() + 1))] * 3
+    assert np.load(out / "stack_seg.npy", allow_pickle=True).item()["masks"].shape == (3, 128, 128)
+    assert not (out / "stack_cp_masks.png").exists()  # a 2-D format: not for stacks
+    assert main([str(tmp_path / "stack.tif"), "--out", str(out), "--device", "cpu", "--quiet",
+                 "--tile", "0", "--save-seg", "--save-png"]) == 0
+    assert "0 segmented, 1 skipped" in capsys.readouterr().out
+    assert main([str(tmp_path / "stack.tif"), "--out", str(out), "--device", "cpu", "--quiet",
+                 "--tile", "0", "--stitch-threshold", "0"]) == 0
+    unlinked = read_labels(out / "stack_masks.tif", allow_3d=True)
+    assert unlinked.max() == sum(len(np.unique(p)) - 1 for p in unlinked)
+
+
+def test_thresholds_per_type_or_for_all(inputs, tmp_path, capsys):
+    model, paths = inputs
+    args = [str(paths[0]), "--model", str(model), "--device", "cpu", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "a"), "--min-size", "100000"]) == 0
+    assert read_labels(tmp_path / "a" / f"{paths[0].stem}_masks.tif").max() == 0
+    assert main([*args, "--out", str(tmp_path / "b"), "--min-size", "round:100000,spindly:100000",
+                 "--cellprob-threshold", "-6", "--flow-threshold", "0", "--exclude-on-edges"]) == 0
+    assert read_labels(tmp_path / "b" / f"{paths[0].stem}_masks.tif").max() == 0
+    record = json.loads((tmp_path / "b" / ".flowseg" / f"{paths[0].stem}.json").read_text())
+    assert record["settings"]["segment"] == {
+        "min_size": {"round": 100000, "spindly": 100000}, "cellprob_threshold": -6.0,
+        "flow_threshold": 0.0, "exclude_on_edges": True}
+    capsys.readouterr()
+    assert run_main("flowseg-segment", main, [*args, "--out", str(tmp_path / "c"),
+                                              "--min-size", "rund:3"]) == 2
+    assert "unknown cell type(s) ['rund']; the model's types are round, spindly" in \
+        capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "--out", str(tmp_path / "c"), "--min-size", "round=3"])
+    assert "TYPE:VALUE pairs (e.g. astro:0.5,cort:0.2), got 'round=3'" in capsys.readouterr().err
+
+
+def test_version_help_and_normalisation_options(inputs, tmp_path, capsys):
+    import torch
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    printed = capsys.readouterr().out
+    assert f"torch {torch.__version__}" in printed and "CUDA " in printed and "flowseg " in printed
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    printed = capsys.readouterr().out
+    assert "(default: 8)" in printed and "--save-seg" in printed and "(default: False)" not in printed
+    model, paths = inputs
+    assert main([str(paths[0]), "--model", str(model), "--out", str(tmp_path), "--device", "cpu",
+                 "--quiet", "--no-norm"]) == 0
+    assert main([str(paths[0]), "--model", str(model), "--out", str(tmp_path), "--device", "cpu",
+                 "--quiet", "--norm-percentile", "2", "98"]) == 0
+    assert "1 segmented, 0 skipped" in capsys.readouterr().out.splitlines()[-1]
+    record = json.loads((tmp_path / ".flowseg" / f"{paths[0].stem}.json").read_text())
+    assert record["settings"]["normalize"] == [2.0, 98.0]

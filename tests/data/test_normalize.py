@@ -55,3 +55,12 @@ def test_non_finite_values_are_refused(bad, word):
 def test_bad_inputs(image, error):
     with pytest.raises(error, match="image"):
         normalize_image(image)
+
+
+def test_percentiles_or_none():
+    image = np.arange(100, dtype=np.float32).reshape(10, 10)
+    assert normalize_image(image, percentiles=None)[0, 9, 9] == 99.0
+    wide = normalize_image(image, percentiles=(0, 100))
+    assert wide.min() == 0 and wide.max() == 1
+    with pytest.raises(TypeError, match="normalize: expected None"):
+        normalize_image(image, percentiles=5)

@@ -143,3 +143,29 @@ def test_non_utf8_json_names_the_file(tmp_path):
     (tmp_path / "list.json").write_text("[]")
     with pytest.raises(InputError, match="list.json: missing key 'images'"):
         read_coco(tmp_path / "list.json")
+
+
+def test_coco_results_read_back_with_flowseg_and_pycocotools(tmp_path):
+    from types import SimpleNamespace
+
+    from pycocotools.coco import COCO
+
+    from flowseg.io.coco import write_coco_results
+    from flowseg.synthetic import make_synthetic
+
+    _, labels = make_synthetic("round", shape=(64, 80), seed=0)
+    n = int(labels.max())
+    result = SimpleNamespace(labels=labels, cell_types=tuple("ab"[i % 3 == 0] for i in range(n)),
+                             scores=np.linspace(0.1, 0.9, n), class_names=("a", "b"))
+    path = tmp_path / "x_coco.json"
+    write_coco_results(path, result, file_name="x.tif")
+    (image,) = read_coco(path)
+    np.testing.assert_array_equal(image.labels(), labels)
+    assert image.categories == result.cell_types and image.file_name == "x.tif"
+    data = json.loads(path.read_text())
+    assert [a["score"] for a in data["annotations"]] == pytest.approx(result.scores)
+    ground = COCO(str(path))
+    detections = ground.loadRes(data["annotations"])  # a COCO results list
+    assert len(detections.anns) == n
+    assert ground.loadCats(data["annotations"][0]["category_id"])[0]["name"] == result.cell_types[0]
+    np.testing.assert_array_equal(ground.annToMask(ground.anns[3]), labels == 3)

@@ -135,3 +135,28 @@ def test_check_out_folder_refuses_files_and_creates_nothing(tmp_path):
     with pytest.raises(InputError, match=r"out_dir .*file/sub: cannot be created: .*file is not a "
                                          "folder"):
         check_out_folder(tmp_path / "file" / "sub", "out_dir")
+
+
+def test_cellpose_seg_files_are_masks_files(tmp_path):
+    from types import SimpleNamespace
+
+    from flowseg.data.dataset import load_folder
+    from flowseg.io.cellpose import write_seg_npy
+    from flowseg.io.images import write_image
+
+    image, labels = _pair(0)
+    write_image(tmp_path / "a.tif", image)
+    result = SimpleNamespace(labels=labels, cell_types=("x", "x"), scores=np.ones(2),
+                             class_names=("x",), flows=None, cellprob=None)
+    write_seg_npy(tmp_path / "a_seg.npy", result, filename=tmp_path / "a.tif")
+    (item,) = list_folder(tmp_path)
+    assert item.masks_path == tmp_path / "a_seg.npy"
+    np.testing.assert_array_equal(load_folder(tmp_path)[0].labels, labels)
+    # beside a _masks file (flowseg-segment --save-seg) the _seg.npy file, where cellpose's
+    # GUI saves corrections, is the one read
+    write_folder_item(tmp_path, "a", image, labels * 0, "x")
+    assert list_folder(tmp_path)[0].masks_path == tmp_path / "a_seg.npy"
+    # cellpose's (and --save-png / --save-flows) outputs are not masks files
+    (tmp_path / "a_cp_masks.png").write_bytes(b"")
+    (tmp_path / "a_flows.tif").write_bytes(b"")
+    assert [i.name for i in list_folder(tmp_path)] == ["a"]

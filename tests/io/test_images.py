@@ -165,3 +165,18 @@ def test_memory_error_is_not_a_damaged_file(tmp_path, monkeypatch):
     (tmp_path / "x.tif").write_bytes(b"some bytes")
     with pytest.raises(MemoryError):
         read_image(tmp_path / "x.tif")
+
+
+def test_label_stacks_and_16_bit_png(tmp_path):
+    from flowseg.io.png import write_labels_png
+
+    stack = np.zeros((3, 8, 9), np.int32)
+    stack[:, 2:5, 3:6] = 7
+    write_labels(tmp_path / "s.tif", stack)
+    np.testing.assert_array_equal(read_labels(tmp_path / "s.tif", allow_3d=True), stack)
+    with pytest.raises(InputError, match=r"expected a 2-D \(H, W\) label image"):
+        read_labels(tmp_path / "s.tif")
+    write_labels_png(tmp_path / "p.png", stack[0] * 5000)
+    np.testing.assert_array_equal(read_labels(tmp_path / "p.png"), stack[0] * 5000)
+    with pytest.raises(ValueError, match="a 16-bit PNG holds ids 0..65535"):
+        write_labels_png(tmp_path / "q.png", stack[0] * 10_000)

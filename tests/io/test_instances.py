@@ -72,3 +72,13 @@ def test_relabel_consecutive_keeps_order():
     assert out.dtype == np.int32 and out.tolist() == [[0, 2, 2], [1, 0, 3]]
     same = np.array([[0, 2], [1, 0]], np.uint16)
     assert relabel_consecutive(same).tolist() == same.tolist()
+
+
+def test_drop_edge_instances():
+    from flowseg.io.instances import drop_edge_instances
+
+    labels = np.zeros((6, 6), np.int32)
+    labels[0, 0], labels[2:4, 2:4], labels[5, 3] = 1, 2, 3
+    np.testing.assert_array_equal(drop_edge_instances(labels), np.where(labels == 2, 1, 0))
+    with pytest.raises(ValueError, match="labels: expected a 2-D"):
+        drop_edge_instances(labels[None])

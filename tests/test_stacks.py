@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+from cellpose.utils import stitch3D
+
+import flowseg
+from flowseg.io.images import read_image
+from flowseg.stacks import segment_stack, stitch_planes
+from flowseg.synthetic import make_synthetic
+
+
+def _shuffled_planes(labels, n, seed=0):
+    """``n`` planes of ``labels`` shifted by a pixel each, ids shuffled per plane."""
+    rng = np.random.default_rng(seed)
+    planes = []
+    for z in range(n):
+        plane = np.roll(labels, z, axis=1)
+        perm = np.zeros(plane.max() + 1, np.int64)
+        perm[1:] = rng.permutation(plane.max()) + 1
+        planes.append(perm[plane])
+    return np.stack(planes)
+
+
+def test_stitching_is_cellposes():
+    _, labels = make_synthetic("round", shape=(96, 96), seed=0)
+    stack = _shuffled_planes(labels, 4)
+    ours = stitch_planes(stack, threshold=0.25)
+    np.testing.assert_array_equal(ours, stitch3D(stack.copy(), 0.25))
+    for z in range(1, 4):  # every cell keeps its id through the planes
+        np.testing.assert_array_equal(ours[z], np.roll(ours[0], z, axis=1))
+
+
+def test_no_link_below_the_threshold_and_threshold_zero_links_nothing():
+    a = np.zeros((2, 10, 10), np.int32)
+    a[0, 0:4, 0:4] = 1
+    a[1, 2:6, 2:6] = 1  # IoU 4/28
+    assert stitch_planes(a, threshold=0.1)[1].max() == 1
+    assert stitch_planes(a, threshold=0.2)[1].max() == 2
+    assert stitch_planes(a, threshold=0)[1].max() == 2
+    with pytest.raises(ValueError, match="stitch_threshold: expected an IoU in"):
+        stitch_planes(a, threshold=1.5)
+
+
+def test_a_three_plane_stack_keeps_its_cell_ids():
+    model = flowseg.load_model(device="cpu")
+    crop = read_image(flowseg.sample_paths()[0])[100:228, 100:228]
+    stack = np.stack([np.roll(crop, z, axis=1) for z in range(3)])
+    result = segment_stack(stack, model, tile=0, return_maps=True)
+    assert result.labels.shape == (3, 128, 128) and result.n_instances > 5
+    assert result.flows.shape == (3, 2, 128, 128) and len(result.planes) == 3
+    ids = [set(np.unique(plane)[1:]) for plane in result.labels]
+    assert ids[0] == ids[1] == ids[2] == set(range(1, result.n_instances + 1))
+    for z in (1, 2):  # where a cell moved to, it has its id of plane 0
+        moved = np.roll(result.labels[0], z, axis=1)
+        both = (moved > 0) & (result.labels[z] > 0)
+        assert (result.labels[z][both] == moved[both]).mean() > 0.98
+    assert set(result.cell_types) <= set(model.class_names)
