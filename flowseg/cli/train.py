@@ -132,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--widths", type=_widths, help="channels per level, e.g. 32,64,128,256")
     p.add_argument("--blocks", type=int, help="residual units per level")
     p.add_argument("--skip", choices=("add", "concat"), help="how skips join the decoder")
+    p.add_argument("--init", metavar="MODEL",
+                   help="fine-tune: start from this model's weights ('default' = the model "
+                        "shipped with flowseg, or a .pt file); its architecture is kept, cell "
+                        "types it knows keep their class head and tuned thresholds, new types "
+                        "get fresh heads (not with --resume)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true",
                       help="continue the run in --out from its last.pt (a run killed before its "
@@ -196,22 +201,43 @@ def _overrides(args: argparse.Namespace, options: dict[str, str]) -> dict:
             if getattr(args, dest) is not None}
 
 
+def _init_model(name: str | None) -> Model | None:
+    """The ``--init`` model (None without it)."""
+    if name is None:
+        return None
+    from flowseg.api import load_model
+
+    return load_model(None if name == "default" else name, device="cpu")
+
+
 def _configs(args: argparse.Namespace, train_dir: Path, class_names: tuple[str, ...],
-             channels: int) -> tuple[TrainConfig, ModelConfig]:
-    """Configs from the defaults (or, with --resume, the stored ones) and the given options; a
-    new model takes the training images' channels."""
+             channels: int, init: Model | None = None) -> tuple[TrainConfig, ModelConfig]:
+    """Configs from the defaults (or, with --resume, the stored ones; with --init, that model's
+    architecture) and the given options; a new model takes the training images' channels."""
+    if init is not None:
+        from flowseg.training.finetune import init_config
+
+        requested = dataclasses.replace(init.model_config, n_classes=len(class_names),
+                                        **_overrides(args, _MODEL_OPTIONS))
+        model = init_config(init, class_names, channels=channels, requested=requested)
+        return _train_config(args, TrainConfig()), model
     if args.resume:
         stored = _resumable(args.out / "last.pt", train_dir, class_names, channels)
         train, model = stored.train_config or TrainConfig(), stored.model_config
     else:
         train = TrainConfig()
         model = ModelConfig(in_channels=channels, n_classes=len(class_names))
+    model = dataclasses.replace(model, **_overrides(args, _MODEL_OPTIONS))
+    return _train_config(args, train), model
+
+
+def _train_config(args: argparse.Namespace, train: TrainConfig) -> TrainConfig:
+    """``train`` with the options given on the command line."""
     train = dataclasses.replace(train, **_overrides(args, _TRAIN_OPTIONS))
     if args.augment:
         train = dataclasses.replace(
             train, augment=dataclasses.replace(train.augment, **dict(args.augment)))
-    model = dataclasses.replace(model, **_overrides(args, _MODEL_OPTIONS))
-    return train, model
+    return train
 
 
 def _resumable(last: Path, train_dir: Path, class_names: tuple[str, ...], channels: int
@@ -257,15 +283,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from flowseg.training.distributed import launch_env, process_group
     from flowseg.training.engine import fit
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.init is not None and args.resume:
+        parser.error("--init starts a new run; --resume continues one (its weights come from "
+                     "last.pt): give one of them")
     env = launch_env()  # torchrun's RANK / WORLD_SIZE; a plain run is rank 0 of 1
     setup_logging(args.quiet or env.rank != 0)
     train_dir, val_dir = _folders(args.data, args.val)
     _prepare_out(args.out, resume=args.resume, overwrite=args.overwrite, main_rank=env.rank == 0)
     train_items, val_items = _load_data(train_dir, val_dir)
     class_names = class_names_of(train_items)
+    init = _init_model(args.init)
     train_config, model_config = _configs(args, train_dir, class_names,
-                                          train_items[0].image.shape[0])
+                                          train_items[0].image.shape[0], init)
     if val_dir is None:
         log.warning("no validation folder (--val, or DIR/val): no val scores, best.pt is not "
                     "written; last.pt is the final model")
@@ -273,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              len(train_items), train_dir, len(val_items), class_names, env.world_size)
     with process_group(train_config.device):
         model = fit(train_items, val_items, train_config, model_config, args.out,
-                    resume=args.resume, progress=not args.quiet)
+                    resume=args.resume, progress=not args.quiet, init=init)
     if val_items:
         log.info("done: %s (val score %s)", args.out / "best.pt", model.metadata.get("val_score"))
     else:

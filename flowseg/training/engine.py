@@ -51,6 +51,7 @@ from flowseg.model.unet import UNet
 from flowseg.training.distributed import (all_reduce_sums, barrier, broadcast_object, is_main,
                                           rank, rank_device, shard_batches, shard_loss,
                                           world_size, wrap_model)
+from flowseg.training.finetune import init_segment_config, init_weights
 from flowseg.training.losses import segmentation_loss
 
 __all__ = ["EpochRecord", "ValResult", "HISTORY_FIELDS", "make_optimizer", "make_scheduler",
@@ -408,7 +409,8 @@ def _validate(model: Model, val_items: Sequence[Sample], config: TrainConfig, ep
 def fit(train_items: Sequence[Sample], val_items: Sequence[Sample], config: TrainConfig,
         model_config: ModelConfig, out_dir: str | os.PathLike, *, resume: bool = False,
         progress: bool = True, segment_config: SegmentConfig | None = None,
-        on_epoch_end: Callable[[EpochRecord], None] | None = None) -> Model:
+        on_epoch_end: Callable[[EpochRecord], None] | None = None,
+        init: Model | None = None) -> Model:
     """Train a model; writes ``last.pt``, ``best.pt``, ``history.csv``, ``history.png`` to ``out_dir``.
 
     Parameters
@@ -432,6 +434,10 @@ def fit(train_items: Sequence[Sample], val_items: Sequence[Sample], config: Trai
         Thresholds used to segment the val images, stored in the model files.
     on_epoch_end : callable, optional
         Called with each epoch's record after its files are written.
+    init : Model, optional
+        Start from this model's weights (fine-tuning; ignored when resuming): ``model_config``
+        must be :func:`flowseg.training.finetune.init_config` of it. Classes it knows keep their
+        head rows and, when ``segment_config`` is None, their tuned thresholds.
 
     Returns
     -------
@@ -439,7 +445,9 @@ def fit(train_items: Sequence[Sample], val_items: Sequence[Sample], config: Trai
         ``best.pt``'s model when validation ran, else the last epoch's.
     """
     class_names = _check_fit_inputs(train_items, model_config, config)
-    segment_config = SegmentConfig() if segment_config is None else segment_config
+    if segment_config is None:
+        segment_config = (SegmentConfig() if init is None
+                          else init_segment_config(init, class_names))
     if config.batch_size < world_size():
         raise ValueError(f"batch_size: the global batch must hold at least one crop per process "
                          f"({world_size()}), got {config.batch_size}")
@@ -453,7 +461,12 @@ def fit(train_items: Sequence[Sample], val_items: Sequence[Sample], config: Trai
         _warn_about_data(train_items, val_items, class_names, config.crop_size)
     torch.manual_seed(config.seed)
     dtype = resolve_precision(config.precision, device)
-    net = UNet(model_config).to(device, memory_format=preferred_memory_format(device, dtype))
+    net = UNet(model_config)
+    if init is not None and not resume:
+        new = init_weights(net, init, class_names)
+        log.info("starting from the initial model's weights%s",
+                 f"; new classes (fresh heads): {', '.join(new)}" if new else "")
+    net = net.to(device, memory_format=preferred_memory_format(device, dtype))
     log.info("training on %s in %s", device, "bf16 autocast" if dtype == torch.bfloat16 else "float32")
     dataset = CropDataset(train_items, class_names, crop_size=config.crop_size,
                           augment=config.augment, seed=config.seed)

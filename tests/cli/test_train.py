@@ -2,6 +2,7 @@ import csv
 
 import numpy as np
 import pytest
+import torch
 
 from flowseg.cli._common import run_main
 from flowseg.cli.train import main
@@ -185,3 +186,38 @@ def test_rerun_after_a_kill_in_the_first_epoch_starts_again(prepared, tmp_path, 
     assert "removed 2 file(s) left by an interrupted run" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["best.pt", "history.csv", "history.png",
                                                      "last.pt"]
+
+
+def test_init_fine_tunes_from_a_model_keeping_known_class_rows(prepared, tmp_path):
+    first = tmp_path / "first"
+    assert main(["--data", str(prepared), "--out", str(first), *TINY]) == 0
+    source = load_model(first / "last.pt")
+    # a folder with one known type (round) and one new type (star)
+    data = _folder(tmp_path / "next", [3], kinds=("round",))
+    extra = _folder(tmp_path / "extra", [4], kinds=("round",))
+    (extra / "round_4.tif").rename(data / "star_4.tif")
+    (extra / "round_4_masks.tif").rename(data / "star_4_masks.tif")
+    from flowseg.io.folders import write_cell_types
+    write_cell_types(data, {"round_3": "round", "star_4": "star"})
+    out = tmp_path / "tuned"
+    assert main(["--data", str(data), "--out", str(out), "--init", str(first / "last.pt"),
+                 "--epochs", "1", "--batch-size", "2", "--crop", "32", "--device", "cpu",
+                 "--lr", "1e-12", "--quiet"]) == 0
+    tuned = load_model(out / "last.pt")
+    assert tuned.class_names == ("round", "star")
+    assert tuned.model_config.widths == (8, 16)  # the source's architecture, not the default
+    old, new = source.net.state_dict(), tuned.net.state_dict()
+    assert torch.allclose(new["encoder.0.units.0.conv1.2.weight"],
+                          old["encoder.0.units.0.conv1.2.weight"], atol=1e-6)
+    assert torch.allclose(new["head.2.weight"][3], old["head.2.weight"][3], atol=1e-6)  # round
+
+
+def test_init_refuses_other_widths_and_resume(prepared, tmp_path, capsys):
+    first = tmp_path / "first"
+    assert main(["--data", str(prepared), "--out", str(first), *TINY]) == 0
+    argv = ["--data", str(prepared), "--out", str(tmp_path / "b"), "--init", str(first / "last.pt"),
+            *TINY[:4], "--widths", "8,32", "--device", "cpu", "--quiet"]
+    assert run_main("flowseg-train", main, argv) == 2
+    assert "widths" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--data", str(prepared), "--out", str(first), "--init", "default", "--resume"])
