@@ -157,6 +157,9 @@ def _model(payload: dict[str, Any], path: Path) -> Model:
 def load_model(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> Model:
     """Load a model written by :func:`save_model`, in eval mode, on ``device``.
 
+    An ONNX or TorchScript export (``flowseg-export``) loads too, through
+    :func:`flowseg.model.exported.load_exported`.
+
     Raises
     ------
     FileNotFoundError
@@ -165,7 +168,11 @@ def load_model(path: str | os.PathLike, *, device: torch.device | str = "cpu") -
         Not a flowseg checkpoint, an unsupported format version, missing keys or stored values
         of the wrong kind (the message names the file).
     """
+    from flowseg.model.exported import exported_kind, load_exported  # imports this module
+
     path = Path(path)
+    if exported_kind(path) is not None:
+        return load_exported(path, device=device)
     payload = _read(path, device)
     _check_keys(payload, path)
     try:
