@@ -12,7 +12,7 @@
    per-class cell-probability threshold, min size and flow-error threshold to each instance
    (of its image's type, or of its own); last, per-instance cell type (highest mean class
    probability over the instance), class probabilities and confidence, and the image type
-   (area-weighted majority over instances).
+   (highest area-weighted mean class probability over the instances: a soft vote).
 
 :func:`predict_maps` and :func:`segment_maps` are the two halves of :func:`segment`; tuning
 (:mod:`flowseg.tuning`) runs the first once and the second many times.
@@ -71,8 +71,8 @@ class SegmentResult:
         Confidence of each instance: mean cell probability over its pixels times its
         winning class probability.
     image_cell_type : str
-        Area-weighted majority of the instances' types (from the foreground pixels' class
-        probabilities when there is no instance).
+        The type with the highest ``image_class_probs`` (a soft vote of the instances'
+        pixels; from the foreground pixels' class probabilities when there is no instance).
     image_class_probs : (K,) ndarray of float32
         Area-weighted mean of the instances' class probabilities.
     class_names : tuple of str
@@ -338,12 +338,9 @@ def _result(labels: np.ndarray, maps: torch.Tensor, class_names: tuple[str, ...]
     types = tuple(class_names[k] for k in stats.class_probs.argmax(axis=1)) if len(stats.areas) else ()
     if len(stats.areas):
         image_probs = (stats.class_probs * stats.areas[:, None]).sum(0) / stats.areas.sum()
-        votes = np.bincount(stats.class_probs.argmax(axis=1), weights=stats.areas,
-                            minlength=len(class_names))
-        image_type = class_names[int(votes.argmax())]
     else:
         image_probs = fallback_probs.cpu().numpy()
-        image_type = class_names[int(image_probs.argmax())]
+    image_type = class_names[int(image_probs.argmax())]  # a soft vote over the cells' pixels
     return SegmentResult(
         labels=labels, cell_types=types, class_probs=stats.class_probs, scores=stats.scores,
         image_cell_type=image_type, image_class_probs=np.asarray(image_probs, np.float32),

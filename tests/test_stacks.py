@@ -48,7 +48,9 @@ def test_a_three_plane_stack_keeps_its_cell_ids():
     assert result.labels.shape == (3, 128, 128) and result.n_instances > 5
     assert result.flows.shape == (3, 2, 128, 128) and len(result.planes) == 3
     ids = [set(np.unique(plane)[1:]) for plane in result.labels]
-    assert ids[0] == ids[1] == ids[2] == set(range(1, result.n_instances + 1))
+    # the same cells shifted by 1-2 px: nearly all keep their id (a border cell may leave)
+    assert ids[0] | ids[1] | ids[2] == set(range(1, result.n_instances + 1))
+    assert len(ids[0] & ids[1] & ids[2]) >= 0.8 * result.n_instances
     for z in (1, 2):  # where a cell moved to, it has its id of plane 0
         moved = np.roll(result.labels[0], z, axis=1)
         both = (moved > 0) & (result.labels[z] > 0)

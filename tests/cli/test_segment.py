@@ -214,7 +214,10 @@ def test_a_z_stack_becomes_a_3d_label_tif_with_ids_kept_across_planes(tmp_path, 
                  "--tile", "0", "--save-seg", "--save-png"]) == 0
     labels = read_labels(out / "stack_masks.tif", allow_3d=True)
     assert labels.shape == (3, 128, 128) and labels.max() > 5
-    assert [set(np.unique(p)[1:]) for p in labels] == [set(range(1, labels.max() + 1))] * 3
+    planes = [set(np.unique(p)[1:]) for p in labels]
+    # the planes are the same cells shifted by 1-2 px: nearly every cell keeps its id in all
+    # three (a cell at the border may leave); unlinked planes would share no id
+    assert len(set.intersection(*planes)) >= 0.8 * labels.max()
     assert np.load(out / "stack_seg.npy", allow_pickle=True).item()["masks"].shape == (3, 128, 128)
     assert not (out / "stack_cp_masks.png").exists()  # a 2-D format: not for stacks
     assert main([str(tmp_path / "stack.tif"), "--out", str(out), "--device", "cpu", "--quiet",
