@@ -86,7 +86,9 @@ class _ResUnit(nn.Module):
         h = self.conv1(h)
         if self.style2 is not None:
             h = h + self.style2(style)[:, :, None, None]
-        return self.proj(x) + self.conv2(h)
+        # conv2's output first: the sum takes its memory layout (channels-last when the weights
+        # are), not that of a 1-channel input, whose layout torch cannot tell
+        return self.conv2(h) + self.proj(x)
 
 
 class _Level(nn.Module):
