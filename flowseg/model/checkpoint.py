@@ -105,6 +105,10 @@ def save_model(path: str | os.PathLike, model: Model, *, train_state: dict[str, 
     Path
     """
     path = Path(path)
+    if not isinstance(model.net, UNet):  # e.g. an exported (ONNX / TorchScript) network
+        raise TypeError(f"{path}: only a model with a flowseg UNet can be saved as a checkpoint, "
+                        f"got a {type(model.net).__name__} (an exported model stays in its "
+                        "exported file; tune or fine-tune the checkpoint it was exported from)")
     payload = _payload(model, train_state)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)

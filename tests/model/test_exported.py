@@ -144,3 +144,10 @@ def test_loaded_torchscript_runs_from_bytes_too(exports):
         module = torch.jit.load(io.BytesIO((exports / "m.ts").read_bytes()))
     flows, cellprob, class_logits = module(torch.rand(1, 1, 19, 27))
     assert flows.shape == (1, 2, 19, 27) and class_logits.shape == (1, 2, 19, 27)
+
+
+@pytest.mark.parametrize("name", ["m.onnx", "m.ts"])
+def test_an_exported_model_is_not_saved_as_a_checkpoint(exports, tmp_path, name):
+    with pytest.raises(TypeError, match="only a model with a flowseg UNet"):
+        save_model(tmp_path / "x.pt", load_model(exports / name))
+    assert not (tmp_path / "x.pt").exists()
