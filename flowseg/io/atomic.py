@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path"]
+__all__ = ["atomic_path", "leftover_temporaries"]
 
 
 @contextlib.contextmanager
@@ -24,7 +25,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    prefix, suffix = _temporary_affixes(path)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     umask = os.umask(0)
@@ -36,3 +38,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _temporary_affixes(path: Path) -> tuple[str, str]:
+    """Prefix and suffix of :func:`atomic_path`'s temporary files for ``path``:
+    ``.<name>.<random>.tmp<suffix>`` beside it."""
+    return f".{path.name}.", ".tmp" + path.suffix
+
+
+def leftover_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Temporary files of :func:`atomic_path` writes of ``path`` still beside it: only a writer
+    killed before it finished leaves one (sorted)."""
+    path = Path(path)
+    prefix, suffix = _temporary_affixes(path)
+    pattern = f"{glob.escape(prefix)}*{glob.escape(suffix)}"
+    return sorted(p for p in path.parent.glob(pattern) if p.is_file())

@@ -45,7 +45,7 @@ from flowseg.data.dataset import (CropDataset, Sample, class_names_of, epoch_ord
                                   images_without_cells)
 from flowseg.device import autocast, preferred_memory_format, resolve_precision
 from flowseg.errors import some_names
-from flowseg.io.atomic import atomic_path
+from flowseg.io.atomic import atomic_path, leftover_temporaries
 from flowseg.model.checkpoint import Model, load_model, load_train_state, save_model
 from flowseg.model.unet import UNet
 from flowseg.training.distributed import (all_reduce_sums, barrier, broadcast_object, is_main,
@@ -243,9 +243,7 @@ def temporary_files(out_dir: str | os.PathLike) -> list[Path]:
     :func:`~flowseg.io.atomic.atomic_path` writes ``<name>`` as ``.<name>.<random>.tmp<suffix>``
     beside it and renames it into place when complete, so only a killed writer leaves one.
     """
-    out_dir = Path(out_dir)
-    found = {p for name in RUN_FILES for p in out_dir.glob(f".{name}.*.tmp{Path(name).suffix}")}
-    return sorted(p for p in found if p.is_file())
+    return sorted(p for name in RUN_FILES for p in leftover_temporaries(Path(out_dir) / name))
 
 
 def first_epoch_leftovers(out_dir: str | os.PathLike) -> list[Path] | None:
