@@ -1,0 +1,147 @@
+"""Fitting a model's size model (:class:`flowseg.size.SizeModel`) on its training images.
+
+The training masks give the model's diameter (median instance diameter, overall and per cell
+type). For the zoom regression, each of up to ``max_images`` training images is resized by
+``zooms_per_image`` random zooms (log-uniform over ``zoom_range``); the style vector of each
+(after the size model's ``low_res`` downsampling) is regressed on ``log zoom``. Validation
+images at fixed zooms measure the error (``SizeModel.fit_error``).
+
+This is how cellpose fits its size model (style vectors of rescaled training images, ridge
+regression), with the zoom rather than the diameter as the target (see :mod:`flowseg.size`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from flowseg.api import image_styles
+from flowseg.data.dataset import Sample
+from flowseg.model.checkpoint import Model
+from flowseg.size import SIZE_MODEL_KEY, SizeModel, fit_size_model, label_diameters
+
+__all__ = ["CHECK_ZOOMS", "SizeFitConfig", "attach_size_model", "fit_model_size",
+           "training_diameters"]
+
+log = logging.getLogger(__name__)
+
+#: Zooms at which each check (validation) image is measured.
+CHECK_ZOOMS = (0.5, 0.71, 1.0, 1.41, 2.0)
+
+
+@dataclass(frozen=True)
+class SizeFitConfig:
+    """How the size model is fitted.
+
+    Attributes
+    ----------
+    zoom_range : (float, float)
+        Zooms of the training images (log-uniform); the estimate is meaningful inside it.
+    zooms_per_image : int
+    max_images : int
+        Training images used (an even spread over the set; the cost is one encoder pass each).
+    max_check_images : int
+    low_res, levels, tolerance
+        See :class:`flowseg.size.SizeModel`.
+    alpha : float or None
+        Ridge penalty; None: chosen by cross-validation over the images
+        (:func:`flowseg.size.choose_alpha`).
+    seed : int
+    precision : str
+        Of the style passes (see :func:`flowseg.segment`).
+    """
+
+    zoom_range: tuple[float, float] = (1 / 3, 3.0)
+    zooms_per_image: int = 3
+    max_images: int = 200
+    max_check_images: int = 30
+    low_res: float = 0.5
+    levels: int = 2
+    tolerance: float = 1.25
+    alpha: float | None = None
+    seed: int = 0
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        low, high = self.zoom_range
+        if not 0 < low < 1 < high:
+            raise ValueError(f"zoom_range: expected (low, high) with 0 < low < 1 < high, got {self.zoom_range}")
+        for name in ("zooms_per_image", "max_images", "max_check_images"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected a positive int, got {getattr(self, name)!r}")
+
+
+def training_diameters(samples: Sequence[Sample]) -> tuple[float, dict[str, float]]:
+    """Median instance diameter over all samples' masks, and per cell type (pixels).
+
+    Raises ValueError when no sample has an instance."""
+    per_type: dict[str, list[np.ndarray]] = {}
+    for s in samples:
+        per_type.setdefault(s.cell_type, []).append(label_diameters(s.labels))
+    every = np.concatenate([d for ds in per_type.values() for d in ds]) if per_type else np.zeros(0)
+    if every.size == 0:
+        raise ValueError("samples: no instance in any mask, so no cell diameter can be measured")
+    by_type = {t: float(np.median(np.concatenate(ds))) for t, ds in sorted(per_type.items())
+               if sum(d.size for d in ds)}
+    return float(np.median(every)), by_type
+
+
+def _spread(samples: Sequence[Sample], n: int) -> list[Sample]:
+    """At most ``n`` samples evenly spread over the sequence (all cell types kept in their
+    proportions when the set is sorted by type or mixed)."""
+    with_cells = [s for s in samples if s.labels.any()]
+    if len(with_cells) <= n:
+        return with_cells
+    return [with_cells[int(i)] for i in np.linspace(0, len(with_cells) - 1, n)]
+
+
+def fit_model_size(model: Model, train: Sequence[Sample], check: Sequence[Sample] = (), *,
+                   config: SizeFitConfig = SizeFitConfig()) -> SizeModel:
+    """Measure the training diameter and fit the zoom regression on ``model``'s styles.
+
+    Parameters
+    ----------
+    model : Model
+        A trained model whose network has a style vector.
+    train : sequence of Sample
+        Training images (their masks give the diameters; images the regression).
+    check : sequence of Sample
+        Validation images for ``fit_error`` (empty: measured on the fit's own samples).
+    config : SizeFitConfig
+    """
+    diameter, class_diameters = training_diameters(train)
+    rng = np.random.default_rng(config.seed)
+    chosen = _spread(train, config.max_images)
+    low, high = np.log(config.zoom_range)
+    zooms = np.exp(rng.uniform(low, high, (len(chosen), config.zooms_per_image)))
+    images = [s.image for s in chosen for _ in range(config.zooms_per_image)]
+    styles = image_styles(images, model, factors=list(zooms.ravel() * config.low_res),
+                          levels=config.levels, precision=config.precision, normalize=None)
+    checked = None
+    check = _spread(check, config.max_check_images)
+    if check:
+        check_zooms = np.array([z for _ in check for z in CHECK_ZOOMS])
+        check_images = [s.image for s in check for _ in CHECK_ZOOMS]
+        checked = (image_styles(check_images, model, factors=list(check_zooms * config.low_res),
+                                levels=config.levels, precision=config.precision,
+                                normalize=None), check_zooms)
+    size = fit_size_model(styles, zooms.ravel(), diameter=diameter,
+                          class_diameters=class_diameters, low_res=config.low_res,
+                          levels=config.levels, tolerance=config.tolerance, alpha=config.alpha,
+                          groups=np.repeat(np.arange(len(chosen)), config.zooms_per_image),
+                          check=checked,
+                          zoom_range=config.zoom_range)
+    log.info("size model: training diameter %.1f px (%s); zoom estimate error %.1f %% (median, "
+             "%s)", size.diameter,
+             ", ".join(f"{k} {v:.1f}" for k, v in size.class_diameters.items()),
+             100 * (np.exp(size.fit_error) - 1), "validation images" if check else "fit images")
+    return size
+
+
+def attach_size_model(model: Model, size: SizeModel) -> Model:
+    """``model`` with ``size`` in its metadata (in place; returned for chaining)."""
+    model.metadata = {**model.metadata, SIZE_MODEL_KEY: size.to_dict()}
+    return model
