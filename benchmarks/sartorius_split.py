@@ -13,14 +13,18 @@ masks). Cellpose baselines come as prediction folders written by ``cellpose_base
         --data .devdata/sartorius --out runs/split_report \\
         --model "flowseg tuned=runs/sartorius_w16/tuned.pt" --cellpose "cellpose=runs/cellpose_20ep"
 
-Prints one table: model, fold, mean AP per cell type and over all images (and writes each
-report under ``--out``).
+Prints one table: model, fold, mean AP per cell type and over all images, and for flowseg models
+the wall and CPU seconds per image of the ``flowseg-segment`` run (model loading, reading and
+writing included; ``--overwrite``, so a re-run is timed whole; on a shared machine the CPU
+seconds of a 1-thread run, ``OMP_NUM_THREADS=1``, move less with the load than wall seconds);
+each report is written under ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 from flowseg.cli import evaluate as evaluate_cli
@@ -45,17 +49,25 @@ def _score(csv: Path, fold_dir: Path, pred: Path, report: Path) -> dict:
     return json.loads((report / "summary.json").read_text())
 
 
-def _segment(model: Path, fold_dir: Path, out: Path, extra: list[str]) -> None:
-    code = segment_cli.main([str(fold_dir), "--model", str(model), "--out", str(out), "--quiet", *extra])
+def _segment(model: Path, fold_dir: Path, out: Path, extra: list[str]) -> tuple[float, float]:
+    """Wall and CPU (this process, all threads) seconds of ``flowseg-segment`` over the fold,
+    model loading, reading and writing included."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    code = segment_cli.main([str(fold_dir), "--model", str(model), "--out", str(out), "--quiet",
+                             "--overwrite", *extra])
     if code != 0:
         raise SystemExit(f"flowseg-segment failed on {fold_dir} (exit {code})")
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def _row(name: str, fold: str, summary: dict) -> str:
+def _row(name: str, fold: str, summary: dict, seconds: tuple[float, float] | None = None) -> str:
     per = summary["per_class"]
     counts = summary["n_images_per_class"]
     cells = [f"{per[t]:.3f} ({counts[t]})" if t in per else "-" for t in TYPES]
-    return f"| {name} | {fold} | " + " | ".join(cells) + f" | {summary['mean_ap']:.3f} ({summary['n_images']}) |"
+    n = summary["n_images"]
+    per_image = "- | -" if seconds is None else f"{seconds[0] / n:.2f} | {seconds[1] / n:.2f}"
+    return (f"| {name} | {fold} | " + " | ".join(cells)
+            + f" | {summary['mean_ap']:.3f} ({n}) | {per_image} |")
 
 
 def main() -> None:
@@ -75,14 +87,16 @@ def main() -> None:
     for name, model in args.model:
         for fold in folds:
             pred = args.out / name.replace(" ", "_") / f"pred_{fold}"
-            _segment(model, args.data / fold, pred, args.segment_args.split())
-            rows.append(_row(name, fold, _score(args.csv, args.data / fold, pred, pred.with_name(f"report_{fold}"))))
+            seconds = _segment(model, args.data / fold, pred, args.segment_args.split())
+            summary = _score(args.csv, args.data / fold, pred, pred.with_name(f"report_{fold}"))
+            rows.append(_row(name, fold, summary, seconds))
     for name, run in args.cellpose:
         for fold in folds:
             report = args.out / name.replace(" ", "_") / f"report_{fold}"
             rows.append(_row(name, fold, _score(args.csv, args.data / fold, run / f"pred_{fold}", report)))
-    print("| model | fold | " + " | ".join(f"{t} (images)" for t in TYPES) + " | all (images) |")
-    print("|---|---|" + "---|" * (len(TYPES) + 1))
+    print("| model | fold | " + " | ".join(f"{t} (images)" for t in TYPES)
+          + " | all (images) | wall s/image | CPU s/image |")
+    print("|---|---|" + "---|" * (len(TYPES) + 3))
     print("\n".join(rows))
 
 

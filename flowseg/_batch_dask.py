@@ -23,15 +23,17 @@ class ModelPlugin(WorkerPlugin):
 
     Parameters
     ----------
-    model_path : str or None
-        Checkpoint path as the workers see it (None: the model shipped with flowseg).
+    model_path : str, list of str, or None
+        Checkpoint path as the workers see it (None: the model shipped with flowseg; a list:
+        the ensemble of those files).
     device : str
         ``"auto"``, ``"cpu"`` or ``"cuda:N"`` on the worker.
     torch_threads : int, optional
         ``torch.set_num_threads`` on the worker (avoids oversubscribing a shared machine).
     """
 
-    def __init__(self, model_path: str | None, device: str, torch_threads: int | None = None):
+    def __init__(self, model_path: str | list[str] | None, device: str,
+                 torch_threads: int | None = None):
         self.model_path = model_path
         self.device = device
         self.torch_threads = torch_threads

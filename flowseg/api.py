@@ -99,25 +99,39 @@ class SegmentResult:
         return len(self.cell_types)
 
 
-def load_model(path: str | Path | None = None, *, device: str | torch.device = "auto") -> Model:
+def load_model(path: str | Path | Sequence[str | Path] | None = None, *,
+               device: str | torch.device = "auto") -> Model:
     """Load a flowseg checkpoint onto ``device`` (``"auto"``: CUDA if available).
 
-    ``path=None`` loads the default model shipped inside the package.
+    ``path=None`` loads the default model shipped inside the package; a list of paths loads
+    an ensemble of their networks (:func:`flowseg.model.ensemble.ensemble`: maps averaged,
+    the first file's thresholds until the ensemble is tuned).
     """
     if path is None:
         from flowseg.model.pretrained import default_model_path
 
         path = default_model_path()
-    return _load_checkpoint(path, device=resolve_device(device))
+    device = resolve_device(device)
+    if isinstance(path, (list, tuple)):
+        from flowseg.model.ensemble import ensemble
+
+        return ensemble([_load_checkpoint(p, device=device) for p in path],
+                        names=[str(p) for p in path])
+    return _load_checkpoint(path, device=device)
 
 
 # ----------------------------------------------------------------------------- input checks
 def check_model(model: object) -> Model:
-    """``model`` if it is a loaded :class:`~flowseg.model.checkpoint.Model`, else a TypeError
-    that says how to get one (a path is not loaded here: loading is :func:`load_model`'s job,
-    once, not on every call)."""
+    """``model`` if it is a loaded :class:`~flowseg.model.checkpoint.Model` (a list of them: their
+    ensemble, :func:`flowseg.model.ensemble.ensemble`), else a TypeError that says how to get
+    one (a path is not loaded here: loading is :func:`load_model`'s job, once, not on every
+    call)."""
     if isinstance(model, Model):
         return model
+    if isinstance(model, (list, tuple)) and model and all(isinstance(m, Model) for m in model):
+        from flowseg.model.ensemble import ensemble
+
+        return ensemble(model)
     if isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model: expected a loaded flowseg Model, got the path {str(model)!r}; "
                         f"load it once first: model = flowseg.load_model({str(model)!r})")
@@ -587,9 +601,11 @@ def segment(images: Sequence[np.ndarray], model: Model, *, batch_size: int = 8,
     ----------
     images : sequence of (H, W) or (C, H, W) ndarrays
         Any sizes, any numeric dtype (each image is percentile-normalised).
-    model : Model
+    model : Model or list of Model
         From :func:`load_model` (a path or ``None`` is refused with a TypeError: load the model
-        once, then call ``segment`` as often as needed).
+        once, then call ``segment`` as often as needed). A list segments with the ensemble of
+        the models (maps averaged; ``config=None`` takes the first model's thresholds: tune the
+        ensemble for its own, ``flowseg-evaluate tune --model a.pt --model b.pt ...``).
     batch_size : int
         Network tiles (or whole images) per forward pass.
     config : SegmentConfig, optional

@@ -79,14 +79,33 @@ class BatchResult:
         return self.with_status("failed")
 
 
-def _settings(model_path: str | None, config: BatchConfig) -> dict[str, Any]:
-    """What the outputs depend on: the model file (path and modification time) and options."""
+def _model_setting(model_path: str) -> str:
+    """A model file as the records name it: resolved path and modification time."""
+    path = Path(model_path).resolve()
+    return f"{path}@{path.stat().st_mtime_ns}" if path.is_file() else str(path)
+
+
+def _settings(model_path: str | list[str] | None, config: BatchConfig) -> dict[str, Any]:
+    """What the outputs depend on: the model file(s) (path and modification time) and options."""
     if model_path is None:
-        model = "default"
+        model: str | list[str] = "default"
+    elif isinstance(model_path, list):
+        model = [_model_setting(p) for p in model_path]
     else:
-        path = Path(model_path).resolve()
-        model = f"{path}@{path.stat().st_mtime_ns}" if path.is_file() else str(path)
+        model = _model_setting(model_path)
     return {"model": model, **config.settings()}
+
+
+def _absolute_model_path(model_path: str | os.PathLike | Sequence[str | os.PathLike] | None
+                         ) -> str | list[str] | None:
+    """Absolute model path(s), for workers that may run elsewhere: a list for several files
+    (an ensemble), else one path or None."""
+    if model_path is None:
+        return None
+    if isinstance(model_path, (list, tuple)):
+        paths = [str(Path(p).absolute()) for p in model_path]
+        return paths[0] if len(paths) == 1 else paths
+    return str(Path(model_path).absolute())
 
 
 # ----------------------------------------------------------------------------- dask
@@ -120,7 +139,8 @@ def connect(address: str) -> Iterator[Any]:
         yield client
 
 
-def _dask_outcomes(client, chunks: list[list[str]], out_dir: str, model_path: str | None,
+def _dask_outcomes(client, chunks: list[list[str]], out_dir: str,
+                   model_path: str | list[str] | None,
                    config: BatchConfig, settings: dict[str, Any], overwrite: bool,
                    bar) -> list[ImageOutcome]:
     distributed = require_distributed()
@@ -256,7 +276,8 @@ def _check_paths(paths: Sequence[str | os.PathLike]) -> list[str]:
 
 
 def segment_files(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
-                  model_path: str | os.PathLike | None = None, client=None,
+                  model_path: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+                  client=None,
                   config: BatchConfig | None = None, overwrite: bool = False,
                   progress: bool = False) -> BatchResult:
     """Segment image files into ``out_dir``, in this process or on a Dask cluster.
@@ -269,8 +290,9 @@ def segment_files(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike
     out_dir : path-like
         Output folder (created; an existing file there is an InputError); on a cluster,
         writable by every worker.
-    model_path : path-like, optional
-        Checkpoint; None = the model shipped with flowseg. Workers load it from this path.
+    model_path : path-like or sequence of path-like, optional
+        Checkpoint; None = the model shipped with flowseg; several: their ensemble
+        (:func:`flowseg.api.load_model`). Workers load it from this path.
     client : distributed.Client, optional
         Run the chunks on this cluster (see :func:`local_client`, :func:`connect`); None runs
         them here, one after the other, with the same code.
@@ -301,7 +323,7 @@ def segment_files(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike
     if not isinstance(config, BatchConfig):
         raise TypeError(f"config: expected a BatchConfig or None, got {type(config).__name__}")
     paths = _check_paths(paths)
-    model_path = None if model_path is None else str(Path(model_path).absolute())
+    model_path = _absolute_model_path(model_path)
     out = check_out_folder(Path(out_dir).absolute(), "out_dir")
     settings = _settings(model_path, config)
     # Loaded here too: checks the file before any task runs, gives the class names.

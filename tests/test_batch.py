@@ -82,6 +82,44 @@ def test_local_dask_cluster_equals_in_process_and_skips_on_rerun(inputs, tmp_pat
     assert [o.status for o in rerun.outcomes] == ["skipped"] * 2 + ["failed"] + ["skipped"] * 3
 
 
+@pytest.fixture(scope="module")
+def other_model(tmp_path_factory):
+    """The tiny model with its weights moved a little: another network of the same types."""
+    import torch
+
+    from flowseg.model.checkpoint import load_model, save_model
+
+    path = write_tiny_model(tmp_path_factory.mktemp("other") / "other.pt")
+    model = load_model(path)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.net.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    return save_model(path, model)
+
+
+def test_a_list_of_models_segments_with_their_ensemble(inputs, tmp_path):
+    model, paths = inputs
+    single = segment_files(paths, tmp_path / "one", model_path=model, config=CONFIG)
+    double = segment_files(paths, tmp_path / "two", model_path=[model, model], config=CONFIG)
+    assert double.outcomes == single.outcomes
+    for name, labels in _masks(tmp_path / "one", paths).items():
+        np.testing.assert_array_equal(read_labels(masks_path(tmp_path / "two", name)), labels)
+
+
+@pytest.mark.slow  # a Dask cluster (~15 s); the list itself is covered in-process above
+def test_a_list_of_models_on_a_dask_cluster_equals_in_process(inputs, other_model, tmp_path):
+    model, paths = inputs
+    local = segment_files(paths, tmp_path / "local", model_path=[model, other_model],
+                          config=CONFIG)
+    with local_client(2) as client:
+        dask = segment_files(paths, tmp_path / "dask", model_path=[model, other_model],
+                             client=client, config=CONFIG)
+    assert dask.outcomes == local.outcomes
+    for name, labels in _masks(tmp_path / "local", paths).items():
+        np.testing.assert_array_equal(read_labels(masks_path(tmp_path / "dask", name)), labels)
+
+
 def test_dask_missing_gives_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'dask\[distributed\]'"):

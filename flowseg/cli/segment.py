@@ -1,7 +1,7 @@
 """``flowseg-segment``: segment images with a model; write masks, overlays and a submission.
 
     flowseg-segment --demo --out DIR          # the shipped samples with the shipped model
-    flowseg-segment IMAGES...|DIR [--model PATH] --out DIR [--tta] [--overlay]
+    flowseg-segment IMAGES...|DIR [--model PATH [--model PATH2 ...]] --out DIR [--tta] [--overlay]
                     [--save-seg] [--save-rois] [--save-outlines] [--save-png] [--save-flows]
                     [--save-coco] [--channel N] [--stitch-threshold 0.25]
                     [--cellprob-threshold X|TYPE:X,...] [--flow-threshold ...] [--min-size ...]
@@ -132,7 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image files, or folders of images (outputs such as *_masks.* skipped)")
     p.add_argument("--demo", action="store_true",
                    help="segment the sample images shipped with flowseg (implies --overlay)")
-    p.add_argument("--model", default=None, help="checkpoint (.pt); default: the model shipped with flowseg")
+    p.add_argument("--model", action="append", default=None,
+                   help="checkpoint (.pt); default: the model shipped with flowseg. Repeat it for "
+                        "an ensemble (maps averaged; the first file's thresholds: tune the "
+                        "ensemble into one file with flowseg-evaluate tune --model A --model B "
+                        "--out ENS.pt)")
     p.add_argument("--out", required=True, help="output folder for <name>_masks.tif (and overlays)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation (4x network cost)")
     p.add_argument("--scale", type=float, default=1.0,
@@ -286,8 +290,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         paths = find_images(args.inputs)
     config = batch_config(args)
+    model = args.model[0] if args.model and len(args.model) == 1 else args.model
+    if isinstance(model, list):
+        log.warning("%d --model files: segmenting with their ensemble and the thresholds of %s; "
+                    "for thresholds tuned on the ensemble, write it with flowseg-evaluate tune "
+                    "--model ... --data VAL --out ENS.pt", len(model), model[0])
     with _client(args.dask, args.workers, args.verbose) as client:
-        result = segment_files(paths, out, model_path=args.model, client=client, config=config,
+        result = segment_files(paths, out, model_path=model, client=client, config=config,
                                overwrite=args.overwrite, progress=not args.quiet)
     ok = [o for o in result.outcomes if o.status != "failed"]
     if args.submission:

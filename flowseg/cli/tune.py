@@ -2,7 +2,7 @@
 
 Usage::
 
-    flowseg-evaluate tune --model M.pt --data VALDIR (--out M_tuned.pt | --in-place)
+    flowseg-evaluate tune --model M.pt [--model M2.pt ...] --data VALDIR (--out M_tuned.pt | --in-place)
                           [--cellprob-grid -2,-1,0,1,2] [--flow-grid 0,0.2,0.4,0.6,0.8]
                           [--min-size-grid 0,15,30,60] [--min-flow-grid 0,0.3] [--min-gain 0]
                           [--class-source image|instance]
@@ -16,6 +16,10 @@ values with the best mean competition score over its images are written into the
 config's global values, by no more than ``--min-gain`` on its images — (a new file, written
 atomically; the input is replaced only with ``--in-place``), so ``segment(config=None)`` and ``flowseg-segment`` use them. Prints each cell
 type's score before and after.
+
+Several ``--model`` files are tuned as one ensemble (their maps averaged,
+:mod:`flowseg.model.ensemble`) and written to ``--out`` as one ensemble file, which
+``flowseg-segment --model`` takes like any model file.
 """
 
 from __future__ import annotations
@@ -58,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="flowseg-evaluate tune",
         description="Tune per-cell-type cellprob threshold, flow threshold and min size on "
                     "validation images and store them in the model file.")
-    p.add_argument("--model", required=True, type=Path, help="flowseg model file (.pt)")
+    p.add_argument("--model", required=True, type=Path, action="append",
+                   help="flowseg model file (.pt); repeat it to tune the ensemble of several "
+                        "(maps averaged), written to --out as one file")
     p.add_argument("--data", required=True, type=Path,
                    help="validation folder: <name>.tif + <name>_masks.tif + cell_types.csv")
     out = p.add_mutually_exclusive_group(required=True)
@@ -126,11 +132,14 @@ def format_tuning_table(result: TuningResult) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.quiet)
-    out = args.model if args.in_place else args.out
-    if not args.in_place and out.resolve() == args.model.resolve():
-        raise InputError(f"--out {out}: is the input model; pass --in-place to replace it")
+    if args.in_place and len(args.model) > 1:
+        raise InputError("--in-place: several --model files are tuned as a new ensemble; write "
+                         "it with --out ENSEMBLE.pt")
+    out = args.model[0] if args.in_place else args.out
+    if not args.in_place and out.resolve() in {m.resolve() for m in args.model}:
+        raise InputError(f"--out {out}: is an input model; pass --in-place to replace it")
     grid = TuningGrid(args.cellprob_grid, args.flow_grid, args.min_size_grid, args.min_flow_grid)
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model if len(args.model) > 1 else args.model[0], device=args.device)
     items = _read_data(args.data, model.class_names)
     images = [check_image(read_image(i.image_path), model.model_config.in_channels,
                           f"image {i.image_path}") for i in items]
@@ -147,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     model.metadata = {**model.metadata, "tuning": {
         "data": str(args.data), "n_images": len(items), "before": result.before,
         "after": result.after, "n_trials": result.n_trials}}
+    if len(args.model) > 1:
+        model.metadata["ensemble_sources"] = [str(m) for m in args.model]
     save_model(out, model)
     logger.info("score %.4f -> %.4f over %d images (%d grid points, %.1f s); wrote %s",
                 result.before, result.after, len(items), result.n_trials, result.seconds, out)

@@ -7,6 +7,16 @@ A checkpoint is a ``torch.save`` of plain python containers and tensors only, so
      "model_config": {...}, "state_dict": {...}, "class_names": [...],
      "segment_config": {...}, "train_config": {...} or None, "metadata": {...},
      "train_state": {...}}            # optional: optimizer, scheduler, epoch, RNG, history
+
+An ensemble (:mod:`flowseg.model.ensemble`) is version 2: its networks in ``members``, each
+with its own configs, weights, thresholds and metadata; the thresholds of the ensemble itself
+(tuned on it) at the top. A single network is still written as version 1, which older flowseg
+reads::
+
+    {"format": "flowseg-model", "format_version": 2,
+     "members": [{"model_config": {...}, "state_dict": {...}, "segment_config": {...},
+                  "train_config": {...} or None, "metadata": {...}}, ...],
+     "class_names": [...], "segment_config": {...}, "train_config": None, "metadata": {...}}
 """
 
 from __future__ import annotations
@@ -23,10 +33,12 @@ from flowseg.errors import InputError, one_line
 from flowseg.io.atomic import atomic_path
 from flowseg.model.unet import FLOW_SCALE, UNet
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "Model", "save_model", "load_model", "load_train_state"]
+__all__ = ["ENSEMBLE_FORMAT_VERSION", "FORMAT_NAME", "FORMAT_VERSION", "Model", "save_model", "load_model", "load_train_state"]
 
 FORMAT_NAME = "flowseg-model"
 FORMAT_VERSION = 1
+#: Format version of a file holding several networks (an ensemble).
+ENSEMBLE_FORMAT_VERSION = 2
 
 
 @dataclass
@@ -71,18 +83,39 @@ class Model:
         return next(self.net.parameters()).device
 
 
-def _payload(model: Model, train_state: dict[str, Any] | None) -> dict[str, Any]:
+def _entry(model: Model, path: Path, what: str = "a model") -> dict[str, Any]:
+    """One network's configs, weights, thresholds and metadata (plain containers, CPU tensors)."""
     from flowseg import __version__
 
-    state = {k: v.detach().cpu() for k, v in model.net.state_dict().items()}
-    payload = {
-        "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
-        "model_config": model.model_config.to_dict(), "state_dict": state,
-        "class_names": list(model.class_names),
+    if not isinstance(model.net, UNet):  # e.g. an exported (ONNX / TorchScript) network
+        raise TypeError(f"{path}: only {what} with a flowseg UNet can be saved as a checkpoint, "
+                        f"got a {type(model.net).__name__} (an exported model stays in its "
+                        "exported file; tune or fine-tune the checkpoint it was exported from)")
+    return {
+        "model_config": model.model_config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.net.state_dict().items()},
         "segment_config": model.segment_config.to_dict(),
         "train_config": None if model.train_config is None else model.train_config.to_dict(),
         "metadata": {"flowseg_version": __version__, **model.metadata},
     }
+
+
+def _payload(model: Model, path: Path, train_state: dict[str, Any] | None) -> dict[str, Any]:
+    from flowseg import __version__
+    from flowseg.model.ensemble import EnsembleNet  # imports this module
+
+    if isinstance(model.net, EnsembleNet):
+        if train_state is not None:
+            raise ValueError(f"{path}: train_state: an ensemble is not trained, so it has no "
+                             "train state to save")
+        entries = [_entry(m, path, f"an ensemble member (members[{i}])")
+                   for i, m in enumerate(model.net.members)]
+        return {"format": FORMAT_NAME, "format_version": ENSEMBLE_FORMAT_VERSION,
+                "members": entries, "class_names": list(model.class_names),
+                "segment_config": model.segment_config.to_dict(), "train_config": None,
+                "metadata": {"flowseg_version": __version__, **model.metadata}}
+    payload = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+               "class_names": list(model.class_names), **_entry(model, path)}
     if train_state is not None:
         payload["train_state"] = train_state
     return payload
@@ -105,11 +138,7 @@ def save_model(path: str | os.PathLike, model: Model, *, train_state: dict[str, 
     Path
     """
     path = Path(path)
-    if not isinstance(model.net, UNet):  # e.g. an exported (ONNX / TorchScript) network
-        raise TypeError(f"{path}: only a model with a flowseg UNet can be saved as a checkpoint, "
-                        f"got a {type(model.net).__name__} (an exported model stays in its "
-                        "exported file; tune or fine-tune the checkpoint it was exported from)")
-    payload = _payload(model, train_state)
+    payload = _payload(model, path, train_state)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return path
@@ -118,6 +147,9 @@ def save_model(path: str | os.PathLike, model: Model, *, train_state: dict[str, 
 #: Keys every model file holds (``train_state`` is optional).
 REQUIRED_KEYS = ("model_config", "state_dict", "class_names", "segment_config", "train_config",
                  "metadata")
+#: Keys of a file of several networks (format version 2), and of each entry of its ``members``.
+ENSEMBLE_KEYS = ("members", "class_names", "segment_config", "metadata")
+MEMBER_KEYS = ("model_config", "state_dict", "segment_config", "train_config", "metadata")
 
 
 def _read(path: Path, device: torch.device | str) -> dict[str, Any]:
@@ -129,17 +161,24 @@ def _read(path: Path, device: torch.device | str) -> dict[str, Any]:
         raise InputError(f"{path}: not a flowseg model file ({one_line(exc)})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
         raise InputError(f"{path}: not a flowseg model file (expected format {FORMAT_NAME!r})")
-    if payload.get("format_version") != FORMAT_VERSION:
+    if payload.get("format_version") not in (FORMAT_VERSION, ENSEMBLE_FORMAT_VERSION):
         raise InputError(f"{path}: model format version {payload.get('format_version')!r} is not "
-                         f"supported (this flowseg reads version {FORMAT_VERSION})")
+                         f"supported (this flowseg reads versions {FORMAT_VERSION} and "
+                         f"{ENSEMBLE_FORMAT_VERSION})")
     return payload
 
 
-def _check_keys(payload: dict[str, Any], path: Path) -> None:
-    missing = [k for k in REQUIRED_KEYS if k not in payload]
+def _check_keys(payload: Any, path: Path, keys: tuple[str, ...] = REQUIRED_KEYS,
+                where: str = "") -> None:
+    """InputError naming the file and the missing keys (of the entry ``where``) unless
+    ``payload`` is a dict holding ``keys``."""
+    if not isinstance(payload, dict):
+        raise InputError(f"{path}: damaged flowseg model file: {where or 'the file'} holds a "
+                         f"{type(payload).__name__}, expected a dict")
+    missing = [where + k for k in keys if k not in payload]
     if missing:
         raise InputError(f"{path}: incomplete flowseg model file: missing {', '.join(missing)} "
-                         f"(expected the keys {', '.join(REQUIRED_KEYS)})")
+                         f"(expected the keys {', '.join(keys)})")
 
 
 def _model(payload: dict[str, Any], path: Path) -> Model:
@@ -158,11 +197,29 @@ def _model(payload: dict[str, Any], path: Path) -> Model:
                  metadata=dict(payload["metadata"]))
 
 
+def _ensemble(payload: dict[str, Any], path: Path) -> Model:
+    """The ensemble Model of a version-2 payload with all :data:`ENSEMBLE_KEYS`."""
+    from flowseg.model.ensemble import ensemble  # imports this module
+
+    entries = payload["members"]
+    if not isinstance(entries, list) or not entries:
+        raise InputError(f"{path}: damaged flowseg model file: members: expected a non-empty "
+                         f"list of networks, got {type(entries).__name__} {entries!r:.40}")
+    models = []
+    for i, entry in enumerate(entries):
+        _check_keys(entry, path, MEMBER_KEYS, f"members[{i}].")
+        models.append(_model({**entry, "class_names": payload["class_names"]}, path))
+    return ensemble(models, names=[f"{path} members[{i}]" for i in range(len(models))],
+                    segment_config=SegmentConfig.from_dict(payload["segment_config"]),
+                    metadata=dict(payload["metadata"]))
+
+
 def load_model(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> Model:
     """Load a model written by :func:`save_model`, in eval mode, on ``device``.
 
-    An ONNX or TorchScript export (``flowseg-export``) loads too, through
-    :func:`flowseg.model.exported.load_exported`.
+    An ensemble file (format version 2) gives an ensemble Model
+    (:func:`flowseg.model.ensemble.ensemble`). An ONNX or TorchScript export
+    (``flowseg-export``) loads too, through :func:`flowseg.model.exported.load_exported`.
 
     Raises
     ------
@@ -178,9 +235,10 @@ def load_model(path: str | os.PathLike, *, device: torch.device | str = "cpu") -
     if exported_kind(path) is not None:
         return load_exported(path, device=device)
     payload = _read(path, device)
-    _check_keys(payload, path)
+    several = payload["format_version"] == ENSEMBLE_FORMAT_VERSION
+    _check_keys(payload, path, ENSEMBLE_KEYS if several else REQUIRED_KEYS)
     try:
-        model = _model(payload, path)
+        model = (_ensemble if several else _model)(payload, path)
     except InputError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:

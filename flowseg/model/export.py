@@ -8,7 +8,8 @@ takes ``images`` (batch, C, height, width) float32 of any batch size, height and
 graph pads to a multiple of ``size_multiple`` by edge replication and crops the outputs back)
 and returns ``flows``, ``cellprob`` and ``class_logits``
 (:data:`~flowseg.model.exported.OUTPUT_NAMES`). :func:`flowseg.load_model` reads both formats
-back (:mod:`flowseg.model.exported`).
+back (:mod:`flowseg.model.exported`). An ensemble (:mod:`flowseg.model.ensemble`) is exported
+as one network that averages its members' maps.
 
 Both formats are traced (``torch.onnx.export(dynamo=False)``, ``torch.jit.trace``): the
 TorchScript-based exporter needs only the ``onnx`` package, exports in a fraction of a second,
@@ -43,6 +44,7 @@ from flowseg.config import ModelConfig
 from flowseg.data.normalize import LOWER_PERCENTILE, UPPER_PERCENTILE
 from flowseg.io.atomic import atomic_path
 from flowseg.model.checkpoint import Model
+from flowseg.model.ensemble import members
 from flowseg.model.exported import (EXPORT_FORMAT, EXPORT_FORMAT_VERSION, INPUT_NAME, METADATA_KEY,
                                     ONNX_SUFFIXES, OUTPUT_NAMES, TORCHSCRIPT_EXTRA, OnnxNet,
                                     TorchScriptNet, onnx_session, require_export_module,
@@ -190,7 +192,7 @@ def max_difference(reference: Callable, exported: Callable, inputs: list[torch.T
 class _TupleOutputs(nn.Module):
     """``net(x)`` as the tuple (flows, cellprob, class_logits): what exporters and servers take."""
 
-    def __init__(self, net: UNet) -> None:
+    def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
 
@@ -199,18 +201,22 @@ class _TupleOutputs(nn.Module):
         return out.flows, out.cellprob, out.class_logits
 
 
-def _cpu_net(model: Model) -> UNet:
-    """A float32 CPU copy of ``model.net`` in eval mode (the caller's network is left alone)."""
+def _cpu_net(model: Model) -> nn.Module:
+    """A float32 CPU copy of ``model.net`` (a UNet or an ensemble of UNets) in eval mode (the
+    caller's network is left alone)."""
     if not isinstance(model, Model):
         raise TypeError(f"model: expected a flowseg Model (flowseg.load_model(path)), got "
                         f"{type(model).__name__}")
-    if not isinstance(model.net, UNet):
+    nets = [m.net for m in members(model)]  # an ensemble is exported as one network
+    if not all(isinstance(net, UNet) for net in nets):
         raise TypeError(f"model.net: expected a UNet (a model loaded from a flowseg checkpoint), "
-                        f"got {type(model.net).__name__}: export the checkpoint, not an export")
+                        f"got {', '.join(type(n).__name__ for n in nets)}: export the checkpoint, "
+                        "not an export")
     return copy.deepcopy(model.net).to("cpu", torch.float32).eval()
 
 
-def _onnx_bytes(net: UNet, example: torch.Tensor, document: dict[str, Any], opset: int) -> bytes:
+def _onnx_bytes(net: nn.Module, example: torch.Tensor, document: dict[str, Any],
+                opset: int) -> bytes:
     """``net`` traced on ``example`` as a serialised ONNX model, ``document`` in its
     ``metadata_props``."""
     onnx = require_export_module("onnx", "exporting to ONNX")
@@ -227,7 +233,7 @@ def _onnx_bytes(net: UNet, example: torch.Tensor, document: dict[str, Any], opse
     return proto.SerializeToString()
 
 
-def _torchscript_bytes(net: UNet, example: torch.Tensor, document: dict[str, Any]) -> bytes:
+def _torchscript_bytes(net: nn.Module, example: torch.Tensor, document: dict[str, Any]) -> bytes:
     """``net`` traced on ``example`` as a saved TorchScript module, ``document`` its extra file
     ``flowseg.json``."""
     with torch_notices_silenced(), torch.no_grad():
@@ -262,7 +268,7 @@ def _check_path(path: str | os.PathLike, overwrite: bool, suffixes: tuple[str, .
     return path
 
 
-def _check_export(path: Path, net: UNet, exported: nn.Module, tolerance: float) -> float:
+def _check_export(path: Path, net: nn.Module, exported: nn.Module, tolerance: float) -> float:
     """Largest difference of ``exported`` to ``net`` on :func:`probe_inputs`; RuntimeError
     (naming ``path``) beyond ``tolerance``."""
     config = net.config

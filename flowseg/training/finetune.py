@@ -14,6 +14,7 @@ import torch
 
 from flowseg.config import ModelConfig, SegmentConfig
 from flowseg.model.checkpoint import Model
+from flowseg.model.ensemble import EnsembleNet
 from flowseg.model.unet import UNet
 
 __all__ = ["init_config", "init_segment_config", "init_weights"]
@@ -23,14 +24,22 @@ _CLASS_ROWS = (("head.2.weight", 3), ("head.2.bias", 3),
                ("style_classes.weight", 0), ("style_classes.bias", 0))
 
 
+def _check_single(source: Model) -> None:
+    """ValueError for an ensemble: its weights are not one network's."""
+    if isinstance(source.net, EnsembleNet):
+        raise ValueError(f"--init: the initial model is an ensemble of {len(source.net.members)} "
+                         "networks; fine-tune from the file of one of them")
+
+
 def init_config(source: Model, class_names: Sequence[str], *, channels: int,
                 requested: ModelConfig | None = None) -> ModelConfig:
-    """The source's architecture with ``len(class_names)`` classes.
+    """The source's architecture with ``len(class_names)`` classes (an ensemble is refused).
 
     ``channels`` (of the training images) must equal the source's input channels, and
     ``requested`` (the architecture options a user gave, or None) must agree with the source's
     except for ``n_classes``: a ValueError names what differs.
     """
+    _check_single(source)
     config = dataclasses.replace(source.model_config, n_classes=len(class_names))
     if channels != config.in_channels:
         raise ValueError(f"--init: the initial model takes {config.in_channels} channel(s), the "
@@ -50,6 +59,7 @@ def init_weights(net: UNet, source: Model, class_names: Sequence[str]) -> tuple[
     """Copy ``source``'s weights into ``net`` (built with :func:`init_config`), class rows by
     cell-type name; returns the class names that are new (their rows keep ``net``'s own init).
     """
+    _check_single(source)
     own = net.state_dict()
     theirs = source.net.state_dict()
     rows = dict(_CLASS_ROWS)

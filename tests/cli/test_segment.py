@@ -1,6 +1,7 @@
 import csv
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -270,3 +271,23 @@ def test_version_help_and_normalisation_options(inputs, tmp_path, capsys):
     assert "1 segmented, 0 skipped" in capsys.readouterr().out.splitlines()[-1]
     record = json.loads((tmp_path / ".flowseg" / f"{paths[0].stem}.json").read_text())
     assert record["settings"]["normalize"] == [2.0, 98.0]
+
+
+def test_two_model_flags_segment_with_their_ensemble(inputs, tmp_path, capsys):
+    model, paths = inputs
+    good = [str(p) for p in paths if p.stem != "bad"]
+    options = ["--device", "cpu", "--quiet", "--tile", "32", "--tta"]
+    assert main([*good, "--model", str(model), "--out", str(tmp_path / "one"), *options]) == 0
+    out = tmp_path / "two"
+    twice = ["--model", str(model), "--model", str(model)]
+    assert main([*good, *twice, "--out", str(out), *options]) == 0
+    assert "2 --model files: segmenting with their ensemble" in capsys.readouterr().err
+    for p in map(Path, good):  # an ensemble of a model with itself is that model
+        np.testing.assert_array_equal(read_labels(out / f"{p.stem}_masks.tif"),
+                                      read_labels(tmp_path / "one" / f"{p.stem}_masks.tif"))
+    record = json.loads((out / ".flowseg" / f"{Path(good[0]).stem}.json").read_text())
+    assert isinstance(record["settings"]["model"], list) and len(record["settings"]["model"]) == 2
+    assert main([*good, *twice, "--out", str(out), *options]) == 0
+    assert "0 segmented, 5 skipped" in capsys.readouterr().out
+    assert main([*good, "--model", str(model), "--out", str(out), *options]) == 0
+    assert "5 segmented, 0 skipped" in capsys.readouterr().out  # another model: redone

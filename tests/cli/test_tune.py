@@ -10,6 +10,7 @@ from flowseg.cli.evaluate import main, run
 from flowseg.config import ModelConfig, SegmentConfig
 from flowseg.io.folders import write_cell_types, write_folder_item
 from flowseg.model.checkpoint import Model, load_model, save_model
+from flowseg.model.ensemble import EnsembleNet
 from flowseg.model.unet import UNet
 from flowseg.synthetic import make_synthetic
 
@@ -76,6 +77,23 @@ def test_min_flow_grid_and_scale(tmp_path, model_path, val_dir):
     assert tuned.metadata["tuning"]["n_trials"] == 8
 
 
+def test_several_models_are_tuned_as_one_ensemble_file(tmp_path, model_path, val_dir):
+    torch.manual_seed(1)
+    config = ModelConfig(n_classes=2, widths=(8, 16))
+    other = save_model(tmp_path / "other.pt", Model(UNet(config).eval(), config, ("a", "b")))
+    out = tmp_path / "ens.pt"
+    assert main(["tune", "--model", str(model_path), "--model", str(other), "--data", str(val_dir),
+                 "--out", str(out), "--tile", "0", "--quiet", *GRID]) == 0
+    tuned = load_model(out)
+    assert isinstance(tuned.net, EnsembleNet) and len(tuned.net.members) == 2
+    assert set(tuned.segment_config.per_class) == {"a", "b"}
+    assert tuned.metadata["ensemble_sources"] == [str(model_path), str(other)]
+    # Tuned again in place, it stays an ensemble.
+    assert main(["tune", "--model", str(out), "--data", str(val_dir), "--in-place", "--tile", "0",
+                 "--quiet", *GRID]) == 0
+    assert len(load_model(out).net.members) == 2
+
+
 def _error(capsys, argv) -> str:
     assert run(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -90,6 +108,8 @@ def test_user_errors(tmp_path, model_path, val_dir, capsys):
                                                                 "--min-size-grid=-1"])
     assert "scale: expected a resize factor" in _error(capsys, [*base, "--out", str(tmp_path / "o.pt"),
                                                                 "--scale", "0"])
+    assert "several --model files are tuned as a new ensemble" in _error(
+        capsys, [*base, "--model", str(model_path), "--in-place"])
     (val_dir / "cell_types.csv").unlink()
     assert "needs cell_types.csv" in _error(capsys, [*base, "--out", str(tmp_path / "o.pt")])
     assert not (tmp_path / "o.pt").exists()
