@@ -27,6 +27,7 @@ from torch import nn
 from flowseg.config import SegmentConfig
 from flowseg.model.checkpoint import Model
 from flowseg.model.unet import NetOutput
+from flowseg.size import SIZE_MODEL_KEY
 
 __all__ = ["EnsembleNet", "ensemble", "members"]
 
@@ -71,6 +72,11 @@ class EnsembleNet(nn.Module):
         return NetOutput(flows=flows.to(dtype), cellprob=cellprob.to(dtype),
                          class_logits=class_logits)
 
+    def level_styles(self, x: torch.Tensor, levels: int = 1) -> torch.Tensor:
+        """The first network's style vectors (``UNet.level_styles``): the ensemble estimates
+        cell sizes with its first member's size model (:func:`ensemble`)."""
+        return self.nets[0].level_styles(x, levels)
+
 
 def members(model: Model) -> tuple[Model, ...]:
     """The networks of ``model`` as single models: its members for an ensemble, else itself."""
@@ -113,7 +119,10 @@ def ensemble(models: Sequence[Model], *, names: Sequence[str] | None = None,
         The ensemble's thresholds; default: the first model's (tune the ensemble for its own:
         ``flowseg-evaluate tune --model a.pt --model b.pt ...``).
     metadata : dict, optional
-        The ensemble's own metadata (each member keeps its own).
+        The ensemble's own metadata (each member keeps its own). Unless it has one, it gets
+        the first member's size model (:data:`flowseg.size.SIZE_MODEL_KEY`), which
+        ``segment`` uses with that member's style vectors to estimate each image's cell size,
+        so an ensemble is resized as its first member would be.
 
     Returns
     -------
@@ -136,5 +145,9 @@ def ensemble(models: Sequence[Model], *, names: Sequence[str] | None = None,
     _check_members(models, names)
     net = EnsembleNet([m for model in models for m in members(model)])
     tuned = models[0].segment_config if segment_config is None else segment_config
+    metadata = dict(metadata or {})
+    first = net.members[0]
+    if SIZE_MODEL_KEY in first.metadata and hasattr(first.net, "level_styles"):
+        metadata.setdefault(SIZE_MODEL_KEY, first.metadata[SIZE_MODEL_KEY])
     return Model(net=net, model_config=net.config, class_names=models[0].class_names,
-                 segment_config=tuned, train_config=None, metadata=dict(metadata or {}))
+                 segment_config=tuned, train_config=None, metadata=metadata)

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from flowseg.api import load_model, predict_maps, segment
 from flowseg.config import ClassThresholds, ModelConfig, SegmentConfig
@@ -9,6 +10,7 @@ from flowseg.model.checkpoint import ENSEMBLE_FORMAT_VERSION, FORMAT_VERSION, Mo
 from flowseg.model.ensemble import EnsembleNet, ensemble, members
 from flowseg.model.export import export_torchscript
 from flowseg.model.unet import UNet
+from flowseg.size import SIZE_MODEL_KEY
 from flowseg.synthetic import make_synthetic
 from flowseg.training.finetune import init_config, init_weights
 
@@ -147,3 +149,29 @@ def test_an_ensemble_exports_as_one_network(tmp_path, images):
     for a, b in zip(segment(images, model, precision="fp32", tile=None),
                     segment(images, exported, precision="fp32", tile=None)):
         np.testing.assert_array_equal(a.labels, b.labels)
+
+
+def test_an_ensemble_estimates_cell_sizes_as_its_first_member():
+    first, second = _model(0), _model(1)
+    first.metadata[SIZE_MODEL_KEY] = {"diameter": 12.0}
+    first.net.level_styles = lambda x, levels=1: torch.full((len(x), 3), float(levels))
+    model = ensemble([first, second])
+    assert model.metadata[SIZE_MODEL_KEY] == {"diameter": 12.0}
+    assert torch.equal(model.net.level_styles(torch.zeros(2, 1, 16, 16), 2), torch.full((2, 3), 2.0))
+    # the ensemble's own (e.g. from its file) wins; a first member without styles gives none
+    assert ensemble([first, second], metadata={SIZE_MODEL_KEY: {"diameter": 9.0}}
+                    ).metadata[SIZE_MODEL_KEY] == {"diameter": 9.0}
+    plain = Model(_NoStyles(first.net), first.model_config, first.class_names,
+                  metadata=dict(first.metadata))
+    assert SIZE_MODEL_KEY not in ensemble([plain, second]).metadata
+
+
+class _NoStyles(nn.Module):
+    """A network without ``level_styles`` (as an exported one)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.inner = net
+
+    def forward(self, x, **kw):
+        return self.inner(x, **kw)
