@@ -412,6 +412,10 @@ class TrainConfig:
         on CUDA and on CPUs with native bf16 (AVX-512 BF16 / AMX; there also in channels-last
         memory layout), float32 elsewhere (see :func:`flowseg.device.resolve_precision`). The
         loss is always computed in float32.
+    pseudo_fraction : float
+        Fraction (0 <= f < 1) of each epoch's crops drawn from pseudo-labelled images (the
+        ``pseudo_items`` of :func:`flowseg.training.engine.fit`, ``flowseg-train --pseudo``)
+        instead of the labelled ones; an epoch keeps its length. 0 (default): none.
     """
 
     epochs: int = 100
@@ -431,6 +435,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     balance_classes: bool = False
     precision: str = "auto"
+    pseudo_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         _check_int("epochs", self.epochs, minimum=1)
@@ -443,6 +448,8 @@ class TrainConfig:
                 raise ValueError(f"{name}: expected >= 0, got {getattr(self, name)}")
         if not 0.0 <= _check_finite("class_grad", self.class_grad) <= 1.0:
             raise ValueError(f"class_grad: expected a fraction in [0, 1], got {self.class_grad}")
+        if not 0.0 <= _check_finite("pseudo_fraction", self.pseudo_fraction) < 1.0:
+            raise ValueError(f"pseudo_fraction: expected a fraction in [0, 1), got {self.pseudo_fraction}")
         _check_int("crop_size", self.crop_size, minimum=8)
         _check_int("val_every", self.val_every, minimum=1)
         _check_int("seed", self.seed, minimum=0)

@@ -7,11 +7,16 @@ Examples
 --val-fraction 0.1 --test-fraction 0.2`` (train/val/test folders)
 ``data_prep coco --json livecell_train.json --images images/ --out prepared/``
 ``data_prep usiigaci --root usiigaci/ --out prepared/``
+``data_prep pseudo --images unlabelled/ --out pseudo/ --cell-type shsy5y`` (pseudo-labels by
+the shipped model, or ``--model M.pt``, repeatable for an ensemble; train with
+``flowseg-train --pseudo pseudo/``)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +27,11 @@ from flowseg.io.folders import check_out_folder
 from flowseg.io.prep import PrepItem, coco_items, format_summary, prepare_dataset, sartorius_items, usiigaci_items
 
 __all__ = ["build_parser", "main", "run"]
+
+#: The record of a pseudo-label folder: options and per-image counts.
+PSEUDO_FILE = "pseudo.json"
+#: Images segmented by the teacher at once (their maps are held in memory).
+PSEUDO_CHUNK = 8
 
 
 def _fraction(text: str) -> float:
@@ -58,6 +68,55 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
 
 
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def _add_pseudo(sub) -> None:
+    from flowseg.training.pseudo import PseudoConfig
+
+    d = PseudoConfig()
+    p = sub.add_parser(
+        "pseudo", help="pseudo-labels: a teacher model's confident cells on unlabelled images",
+        description="Segment unlabelled images with a teacher model (or ensemble) and write a "
+                    "training folder of its confident instances (<name>_masks.tif), an ignore "
+                    "mask of where it was unsure (<name>_ignore.tif: no loss there) and "
+                    "cell_types.csv; train with flowseg-train --pseudo OUT.")
+    p.add_argument("--images", required=True, nargs="+",
+                   help="image files, or folders of images (outputs such as *_masks.* skipped)")
+    p.add_argument("--model", action="append", default=None,
+                   help="teacher checkpoint (default: the model shipped with flowseg); repeat "
+                        "for an ensemble")
+    p.add_argument("--out", required=True, type=Path, help="output folder (Cellpose-style)")
+    p.add_argument("--cell-type", help="cell type of every image (default: the teacher's "
+                                       "image cell type)")
+    p.add_argument("--min-score", type=_probability, default=d.min_score,
+                   help=f"keep an instance whose teacher score (mean cell probability x class "
+                        f"probability) is at least this (default {d.min_score})")
+    p.add_argument("--max-flow-error", type=float, default=d.max_flow_error,
+                   help=f"keep an instance whose flow error is at most this (default "
+                        f"{d.max_flow_error})")
+    p.add_argument("--background-prob", type=_probability, default=d.background_prob,
+                   help=f"outside kept instances, teach background only where the teacher's "
+                        f"cell probability is at most this; ignore the rest (default "
+                        f"{d.background_prob})")
+    p.add_argument("--margin", type=int, default=d.margin,
+                   help=f"also ignore this many pixels around dropped instances (default {d.margin})")
+    p.add_argument("--tta", action="store_true", help="teacher with flip test-time augmentation")
+    p.add_argument("--scale", type=_scale, default=None,
+                   help="resize images by this factor before the teacher (default: as "
+                        "flowseg-segment); 1 for images at the teacher's training magnification")
+    p.add_argument("--batch-size", type=int, default=8, help="network tiles per forward pass")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="teacher arithmetic (as flowseg-segment --precision)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty OUT")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``data_prep`` (one sub-command per source format)."""
     parser = argparse.ArgumentParser(
@@ -79,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("usiigaci", help="Usiigaci setN/raw.tif + setN/instances_ids.png")
     p.add_argument("--root", required=True, type=Path, help="folder holding set1/, set2/, ...")
     _add_common(p)
+    _add_pseudo(sub)
     return parser
 
 
@@ -98,11 +158,63 @@ def _check_new_names(items: Sequence[PrepItem], extra: Sequence[PrepItem], csv: 
                          f"csv, e.g. {both[0]}")
 
 
+def _pseudo(args: argparse.Namespace) -> int:
+    """``data_prep pseudo``: teacher pseudo-labels into a Cellpose-style folder + pseudo.json."""
+    from tqdm import tqdm
+
+    from flowseg.api import load_model
+    from flowseg.cli.segment import find_images
+    from flowseg.io.folders import write_cell_types, write_folder_item
+    from flowseg.io.images import read_image
+    from flowseg.io.prep import replacing_folder
+    from flowseg.training.pseudo import PseudoConfig, pseudo_label
+
+    config = PseudoConfig(min_score=args.min_score, max_flow_error=args.max_flow_error,
+                          background_prob=args.background_prob, margin=args.margin)
+    paths = find_images(args.images)
+    teachers = args.model or [None]  # None: the shipped model; several: their ensemble
+    model = load_model(teachers[0] if len(teachers) == 1 else teachers, device=args.device)
+    cell_types, rows = {}, []
+    with replacing_folder(args.out, overwrite=args.overwrite, sources=paths) as tmp:
+        bar = tqdm(total=len(paths), desc="pseudo-labels", unit="image", disable=args.quiet)
+        for start in range(0, len(paths), PSEUDO_CHUNK):
+            chunk = paths[start:start + PSEUDO_CHUNK]
+            images = [read_image(p) for p in chunk]
+            found = pseudo_label(images, model, config=config, batch_size=args.batch_size,
+                                 tta=args.tta, scale=args.scale, precision=args.precision)
+            for path, image, pseudo in zip(chunk, images, found):
+                cell_types[path.stem] = args.cell_type or pseudo.cell_type
+                write_folder_item(tmp, path.stem, image, pseudo.labels, cell_types[path.stem],
+                                  ignore=pseudo.ignore)
+                rows.append({"name": path.stem, "teacher_cell_type": pseudo.cell_type,
+                             "teacher_instances": len(pseudo.kept), "kept": pseudo.n_kept,
+                             "ignored_fraction": round(float(pseudo.ignore.mean()), 4)})
+            bar.update(len(chunk))
+        bar.close()
+        write_cell_types(tmp, cell_types)
+        record = {"options": {k: _plain(v) for k, v in vars(args).items()},
+                  "config": dataclasses.asdict(config), "images": rows}
+        (tmp / PSEUDO_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    if not args.quiet:
+        print(_pseudo_summary(rows))
+    return 0
+
+
+def _pseudo_summary(rows: Sequence[dict]) -> str:
+    teacher = sum(r["teacher_instances"] for r in rows)
+    kept = sum(r["kept"] for r in rows)
+    ignored = sum(r["ignored_fraction"] for r in rows) / max(len(rows), 1)
+    return (f"{len(rows)} images: kept {kept} of the teacher's {teacher} instances "
+            f"({kept / max(teacher, 1):.0%}); {ignored:.1%} of the pixels ignored (mean)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``data_prep``; returns the exit status (user errors raise, see ``run``)."""
     args = build_parser().parse_args(argv)
     setup_logging(args.quiet)
     check_out_folder(args.out)
+    if args.source == "pseudo":
+        return _pseudo(args)
     train_only: list[str] = []
     if args.source == "sartorius":
         items = sartorius_items(args.csv, args.images, fill_holes=args.fill_holes)

@@ -7,6 +7,10 @@ the sorted distinct cell types of the training folder. ``--resume`` continues ``
 ``--precision`` may change). A new model takes the channels of the training images (all
 grayscale or all colour).
 
+``--pseudo DIR`` adds a pseudo-label folder (``flowseg-data-prep pseudo``: a teacher's
+confident cells and ignore masks): ``--pseudo-fraction`` (default 0.2) of each epoch's crops come
+from it, the epoch keeping its length; its ignored pixels give no loss.
+
 After a kill: ``--resume`` continues from the last finished epoch. A run killed before its
 first epoch ended has no ``last.pt`` to resume: run the same command again without
 ``--resume``; it accepts an ``--out`` holding only what such a run left (temporary
@@ -49,8 +53,10 @@ _TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "c
                   "weight_decay": "weight_decay", "balance_classes": "balance_classes",
                   "precision": "precision", "flow_weight": "flow_weight",
                   "cellprob_weight": "cellprob_weight", "class_weight": "class_weight",
-                  "class_grad": "class_grad"}
+                  "class_grad": "class_grad", "pseudo_fraction": "pseudo_fraction"}
 _MODEL_OPTIONS = {"widths": "widths", "blocks": "blocks", "skip": "skip"}
+#: ``--pseudo-fraction`` when ``--pseudo`` is given without it.
+DEFAULT_PSEUDO_FRACTION = 0.2
 
 
 def _widths(text: str) -> tuple[int, ...]:
@@ -129,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="change one training augmentation setting (repeatable): "
                         + ", ".join(f"{f.name}={_plain(f.default)}"
                                     for f in dataclasses.fields(AugmentConfig)))
+    p.add_argument("--pseudo", type=Path, metavar="DIR", action="append",
+                   help="pseudo-label folder (flowseg-data-prep pseudo) mixed into the training "
+                        "crops, repeatable; its cell types must be training cell types")
+    p.add_argument("--pseudo-fraction", type=float,
+                   help=f"fraction of each epoch's crops drawn from --pseudo (default "
+                        f"{DEFAULT_PSEUDO_FRACTION} with --pseudo); an epoch keeps its length")
     p.add_argument("--widths", type=_widths, help="channels per level, e.g. 32,64,128,256")
     p.add_argument("--blocks", type=int, help="residual units per level")
     p.add_argument("--skip", choices=("add", "concat"), help="how skips join the decoder")
@@ -234,6 +246,8 @@ def _configs(args: argparse.Namespace, train_dir: Path, class_names: tuple[str, 
 def _train_config(args: argparse.Namespace, train: TrainConfig) -> TrainConfig:
     """``train`` with the options given on the command line."""
     train = dataclasses.replace(train, **_overrides(args, _TRAIN_OPTIONS))
+    if args.pseudo is not None and args.pseudo_fraction is None and not args.resume:
+        train = dataclasses.replace(train, pseudo_fraction=DEFAULT_PSEUDO_FRACTION)
     if args.augment:
         train = dataclasses.replace(
             train, augment=dataclasses.replace(train.augment, **dict(args.augment)))
@@ -277,6 +291,36 @@ def _load_data(train_dir: Path, val_dir: Path | None) -> tuple[list[Sample], lis
     return train_items, val_items
 
 
+def _load_pseudo(args: argparse.Namespace, train_config: TrainConfig, class_names: tuple[str, ...],
+                 channels: int) -> list[Sample]:
+    """The ``--pseudo`` samples, refused when they cannot mix with the training data."""
+    from flowseg.data.dataset import load_folder
+
+    if args.pseudo is None:
+        if train_config.pseudo_fraction > 0:
+            raise InputError(f"--pseudo-fraction {train_config.pseudo_fraction}: expected a "
+                             "pseudo-label folder (--pseudo DIR) to draw from"
+                             + (" (the run being resumed used one)" if args.resume else ""))
+        return []
+    pseudo = []
+    for folder in args.pseudo:
+        samples = load_folder(folder)
+        if not samples:
+            raise InputError(f"--pseudo {folder}: no images")
+        unknown = sorted({s.cell_type for s in samples} - set(class_names))
+        if unknown:
+            raise InputError(f"--pseudo {folder}: cell types {unknown} are not training cell "
+                             f"types {class_names} (set them in its cell_types.csv, or make it "
+                             "with flowseg-data-prep pseudo --cell-type)")
+        if samples[0].image.shape[0] != channels:
+            raise InputError(f"--pseudo {folder}: images have {samples[0].image.shape[0]} "
+                             f"channel(s), expected {channels} like the training images")
+        pseudo += samples
+    log.info("pseudo-labels: %d images (%s), %.0f%% of each epoch's crops", len(pseudo),
+             ", ".join(map(str, args.pseudo)), 100 * train_config.pseudo_fraction)
+    return pseudo
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the program; returns the exit code."""
     from flowseg.data.dataset import class_names_of
@@ -297,6 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     init = _init_model(args.init)
     train_config, model_config = _configs(args, train_dir, class_names,
                                           train_items[0].image.shape[0], init)
+    pseudo_items = _load_pseudo(args, train_config, class_names, train_items[0].image.shape[0])
     if val_dir is None:
         log.warning("no validation folder (--val, or DIR/val): no val scores, best.pt is not "
                     "written; last.pt is the final model")
@@ -304,7 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
              len(train_items), train_dir, len(val_items), class_names, env.world_size)
     with process_group(train_config.device):
         model = fit(train_items, val_items, train_config, model_config, args.out,
-                    resume=args.resume, progress=not args.quiet, init=init)
+                    resume=args.resume, progress=not args.quiet, init=init,
+                    pseudo_items=pseudo_items)
     if val_items:
         log.info("done: %s (val score %s)", args.out / "best.pt", model.metadata.get("val_score"))
     else:

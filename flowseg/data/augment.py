@@ -3,6 +3,7 @@
 All geometric steps are folded into one affine map sampled per crop: the image is resampled
 bilinearly, the labels nearest, both with zeros outside the source image, so they stay aligned.
 When the map is a pure flip / 90-degree rotation with an integer offset the resampling is exact.
+An optional ignore mask (pixels without a training target) is resampled nearest, like the labels.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from scipy import ndimage
 
 from flowseg.config import AugmentConfig
 
-__all__ = ["AffineMap", "random_affine", "apply_affine", "adjust_intensity", "augment_pair"]
+__all__ = ["AffineMap", "random_affine", "apply_affine", "warp_mask", "adjust_intensity",
+           "augment_pair", "augment_sample"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,12 @@ def random_affine(image_shape: tuple[int, int], crop_size: int, rng: np.random.G
     return AffineMap(matrix, offset, (crop_size, crop_size))
 
 
+def _warp(a: np.ndarray, transform: AffineMap, order: int) -> np.ndarray:
+    return ndimage.affine_transform(a, transform.matrix, transform.offset,
+                                    output_shape=transform.shape, order=order,
+                                    mode="constant", cval=0, prefilter=False)
+
+
 def apply_affine(image: np.ndarray, labels: np.ndarray, transform: AffineMap
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Resample ``image`` (C, H, W) float32 bilinearly and ``labels`` (H, W) int nearest.
@@ -76,13 +84,19 @@ def apply_affine(image: np.ndarray, labels: np.ndarray, transform: AffineMap
     image : (C, h, w) ndarray of float32
     labels : (h, w) ndarray of int32
     """
-    def warp(a: np.ndarray, order: int) -> np.ndarray:
-        return ndimage.affine_transform(a, transform.matrix, transform.offset,
-                                        output_shape=transform.shape, order=order,
-                                        mode="constant", cval=0, prefilter=False)
+    out = np.stack([_warp(c, transform, 1) for c in image.astype(np.float32, copy=False)])
+    return out, _warp(labels.astype(np.int32, copy=False), transform, 0)
 
-    out = np.stack([warp(c, 1) for c in image.astype(np.float32, copy=False)])
-    return out, warp(labels.astype(np.int32, copy=False), 0)
+
+def warp_mask(mask: np.ndarray, transform: AffineMap) -> np.ndarray:
+    """Resample a (H, W) bool mask nearest, as :func:`apply_affine` resamples labels (False
+    outside the source image).
+
+    Returns
+    -------
+    mask : (h, w) ndarray of bool
+    """
+    return _warp(mask.astype(np.uint8, copy=False), transform, 0).astype(bool)
 
 
 def adjust_intensity(image: np.ndarray, rng: np.random.Generator, config: AugmentConfig) -> np.ndarray:
@@ -118,10 +132,44 @@ def augment_pair(image: np.ndarray, labels: np.ndarray, *, crop_size: int,
     image : (C, crop_size, crop_size) ndarray of float32
     labels : (crop_size, crop_size) ndarray of int32
     """
+    image, labels, _ = augment_sample(image, labels, None, crop_size=crop_size, rng=rng,
+                                      config=config)
+    return image, labels
+
+
+def augment_sample(image: np.ndarray, labels: np.ndarray, ignore: np.ndarray | None, *,
+                   crop_size: int, rng: np.random.Generator, config: AugmentConfig | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`augment_pair` that also carries an ignore mask (resampled nearest, like labels).
+
+    The random numbers drawn are those of :func:`augment_pair`, so a sample gives the same
+    image and labels crop with or without a mask.
+
+    Parameters
+    ----------
+    image : (C, H, W) ndarray of float32
+    labels : (H, W) ndarray of int
+    ignore : (H, W) ndarray of bool, or None
+        Pixels without a training target; None: none.
+    crop_size, rng, config
+        As in :func:`augment_pair`.
+
+    Returns
+    -------
+    image : (C, crop_size, crop_size) ndarray of float32
+    labels : (crop_size, crop_size) ndarray of int32
+    ignore : (crop_size, crop_size) ndarray of bool
+        All False when ``ignore`` is None; pixels from outside the image are not ignored (they
+        are background, as in the labels).
+    """
     config = AugmentConfig() if config is None else config
     if image.ndim != 3 or labels.shape != image.shape[1:]:
         raise ValueError(f"image, labels: expected shapes (C, H, W) and (H, W), "
                          f"got {image.shape} and {labels.shape}")
+    if ignore is not None and ignore.shape != labels.shape:
+        raise ValueError(f"ignore: expected the labels' shape {labels.shape}, got {ignore.shape}")
     transform = random_affine(labels.shape, crop_size, rng, config)
     image, labels = apply_affine(image, labels, transform)
-    return adjust_intensity(image, rng, config), labels
+    ignore = (np.zeros(transform.shape, bool) if ignore is None
+              else warp_mask(ignore, transform))
+    return adjust_intensity(image, rng, config), labels, ignore

@@ -7,6 +7,9 @@ Layout of a folder ``DIR``::
     DIR/<name>_seg.npy      or cellpose's GUI file instead (its ``masks``; e.g. masks corrected
                             in the cellpose GUI, from flowseg-segment --save-seg or cellpose)
     DIR/cell_types.csv      optional sidecar, header ``name,cell_type``, one row per image
+    DIR/<name>_ignore.tif   optional mask (uint8, 1 = ignore): pixels whose labels are not
+                            known, e.g. where a teacher model was unsure (pseudo-labels,
+                            flowseg-data-prep pseudo); training gives them no loss
 
 Rules of :func:`list_folder`:
 
@@ -18,7 +21,8 @@ Rules of :func:`list_folder`:
   and items without an image get ``image_path=None``;
 * files ending in ``_flows.<ext>`` and ``_cp_masks.<ext>`` (cellpose's flow and PNG mask
   outputs, also written by ``flowseg-segment --save-flows / --save-png``), hidden files and
-  files that are not images are ignored;
+  files that are not images are ignored; an ``_ignore`` file belongs to the item of its name
+  (``FolderItem.ignore_path``) and is refused without that item;
 * **without** ``cell_types.csv`` every item gets cell type ``"unknown"`` (plain Cellpose folders
   work); **with** it, the sidecar must list every image exactly once and nothing else
   (a missing, duplicate or extra name is an InputError).
@@ -37,15 +41,17 @@ import numpy as np
 from flowseg.errors import InputError
 from flowseg.io.atomic import atomic_path
 from flowseg.io.csvfile import open_csv
-from flowseg.io.images import write_image, write_labels
+from flowseg.io.images import read_labels, write_image, write_labels
 
-__all__ = ["CELL_TYPES_FILE", "FolderItem", "UNKNOWN_CELL_TYPE", "check_out_folder",
-           "folder_cell_types", "list_folder", "list_masks", "read_cell_types", "write_cell_types",
-           "write_folder_item"]
+__all__ = ["CELL_TYPES_FILE", "FolderItem", "IGNORE_SUFFIX", "UNKNOWN_CELL_TYPE",
+           "check_out_folder", "folder_cell_types", "list_folder", "list_masks", "read_cell_types",
+           "read_ignore_mask", "write_cell_types", "write_folder_item"]
 
 CELL_TYPES_FILE = "cell_types.csv"
 UNKNOWN_CELL_TYPE = "unknown"
 MASKS_SUFFIX = "_masks"
+#: ``<name>_ignore.tif``: pixels of ``<name>`` that give no training loss (1) or do (0).
+IGNORE_SUFFIX = "_ignore"
 #: cellpose's GUI file, read as a masks file (:func:`flowseg.io.cellpose.read_seg_labels`).
 SEG_SUFFIX = "_seg.npy"
 _FOLDER_SUFFIXES = (".tif", ".tiff", ".png")
@@ -65,20 +71,24 @@ class FolderItem:
     masks_path : Path
     cell_type : str
         From ``cell_types.csv``, or ``"unknown"`` when the folder has no sidecar.
+    ignore_path : Path or None
+        ``<name>_ignore.tif`` when the folder has one: pixels to leave out of training losses.
     """
 
     name: str
     image_path: Path | None
     masks_path: Path
     cell_type: str
+    ignore_path: Path | None = None
 
 
-def _scan(directory: Path) -> tuple[dict[str, Path], dict[str, Path]]:
-    """Map stems to image files and to ``_masks`` files, refusing duplicate stems (a
-    ``_seg.npy`` file wins over a ``_masks`` file of the same name)."""
+def _scan(directory: Path) -> tuple[dict[str, Path], dict[str, Path], dict[str, Path]]:
+    """Map stems to image files, to ``_masks`` files and to ``_ignore`` files, refusing
+    duplicate stems (a ``_seg.npy`` file wins over a ``_masks`` file of the same name)."""
     images: dict[str, Path] = {}
     masks: dict[str, Path] = {}
     seg: dict[str, Path] = {}
+    ignore: dict[str, Path] = {}
     for path in sorted(directory.iterdir()):
         if path.name.startswith(".") or not path.is_file():
             continue
@@ -88,12 +98,14 @@ def _scan(directory: Path) -> tuple[dict[str, Path], dict[str, Path]]:
             continue
         elif path.stem.endswith(MASKS_SUFFIX):
             table, key = masks, path.stem[: -len(MASKS_SUFFIX)]
+        elif path.stem.endswith(IGNORE_SUFFIX):
+            table, key = ignore, path.stem[: -len(IGNORE_SUFFIX)]
         else:
             table, key = images, path.stem
         if key in table:
             raise InputError(f"{directory}: two files for {key!r}: {table[key].name} and {path.name}")
         table[key] = path
-    return images, {**masks, **seg}
+    return images, {**masks, **seg}, ignore
 
 
 def read_cell_types(path: str | os.PathLike) -> dict[str, str]:
@@ -195,7 +207,7 @@ def list_masks(directory: str | os.PathLike) -> dict[str, Path]:
     InputError
         Missing folder, or two masks files for one name.
     """
-    _, masks = _scan(_check_folder(directory))
+    _, masks, _ = _scan(_check_folder(directory))
     return dict(sorted(masks.items()))
 
 
@@ -220,7 +232,11 @@ def list_folder(directory: str | os.PathLike, *, require_images: bool = True) ->
         list exactly the folder's items.
     """
     directory = _check_folder(directory)
-    images, masks = _scan(directory)
+    images, masks, ignore = _scan(directory)
+    stray = sorted(set(ignore) - set(masks))
+    if stray:
+        raise InputError(f"{directory}: ignore mask {ignore[stray[0]].name} has no masks file "
+                         f"({stray[0]}{MASKS_SUFFIX}.tif)")
     for name in sorted(set(images) ^ set(masks)):
         if name in images:
             raise InputError(f"{directory}: image {images[name].name} has no masks file "
@@ -228,19 +244,23 @@ def list_folder(directory: str | os.PathLike, *, require_images: bool = True) ->
         if require_images:
             raise InputError(f"{directory}: masks file {masks[name].name} has no image ({name}.tif)")
     cell_types = folder_cell_types(directory, masks)
-    return [FolderItem(name, images.get(name), masks[name], cell_types[name]) for name in sorted(masks)]
+    return [FolderItem(name, images.get(name), masks[name], cell_types[name], ignore.get(name))
+            for name in sorted(masks)]
 
 
 def _check_name(name: str) -> str:
-    if not name or name.startswith(".") or "/" in name or "\\" in name or name.endswith(MASKS_SUFFIX):
+    if (not name or name.startswith(".") or "/" in name or "\\" in name
+            or name.endswith((MASKS_SUFFIX, IGNORE_SUFFIX))):
         raise ValueError(f"name must be a plain file stem (no '/', not starting with '.', not "
-                         f"ending in {MASKS_SUFFIX!r}), got {name!r}")
+                         f"ending in {MASKS_SUFFIX!r} or {IGNORE_SUFFIX!r}), got {name!r}")
     return name
 
 
 def write_folder_item(directory: str | os.PathLike, name: str, image: np.ndarray,
-                      labels: np.ndarray, cell_type: str) -> FolderItem:
-    """Write ``<name>.tif`` and ``<name>_masks.tif`` into ``directory`` (atomically each).
+                      labels: np.ndarray, cell_type: str, *,
+                      ignore: np.ndarray | None = None) -> FolderItem:
+    """Write ``<name>.tif``, ``<name>_masks.tif`` (and ``<name>_ignore.tif``) into
+    ``directory`` (atomically each).
 
     The sidecar is not touched: write it once with :func:`write_cell_types`.
 
@@ -254,20 +274,46 @@ def write_folder_item(directory: str | os.PathLike, name: str, image: np.ndarray
     labels : (H, W) ndarray of int
         Same height and width as ``image``.
     cell_type : str
+    ignore : (H, W) ndarray of bool, optional
+        Pixels to leave out of training losses, written as uint8 0/1 ``<name>_ignore.tif``.
 
     Returns
     -------
     item : FolderItem
     """
     _check_name(name)
-    if np.shape(labels) != np.shape(image)[-2:]:
-        raise ValueError(f"labels shape {np.shape(labels)} must equal the image's height and "
-                         f"width {np.shape(image)[-2:]}")
+    for what, mask in (("labels", labels), ("ignore", ignore)):
+        if mask is not None and np.shape(mask) != np.shape(image)[-2:]:
+            raise ValueError(f"{what} shape {np.shape(mask)} must equal the image's height and "
+                             f"width {np.shape(image)[-2:]}")
     directory = Path(directory)
-    item = FolderItem(name, directory / f"{name}.tif", directory / f"{name}{MASKS_SUFFIX}.tif", cell_type)
+    item = FolderItem(name, directory / f"{name}.tif", directory / f"{name}{MASKS_SUFFIX}.tif",
+                      cell_type,
+                      None if ignore is None else directory / f"{name}{IGNORE_SUFFIX}.tif")
     write_image(item.image_path, image)
     write_labels(item.masks_path, labels)
+    if ignore is not None:
+        write_image(item.ignore_path, np.asarray(ignore, dtype=bool).astype(np.uint8))
     return item
+
+
+def read_ignore_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read an ``_ignore`` mask (any integer image of 0 and 1; 1 = ignore).
+
+    Returns
+    -------
+    ignore : (H, W) ndarray of bool
+
+    Raises
+    ------
+    InputError
+        Unreadable, not 2-D, or values other than 0 and 1 (the message names the file).
+    """
+    data = read_labels(path)
+    if data.size and data.max() > 1:
+        raise InputError(f"ignore mask {path}: expected values 0 (train) and 1 (ignore), "
+                         f"got up to {data.max()}")
+    return data.astype(bool)
 
 
 def write_cell_types(directory: str | os.PathLike, cell_types: Mapping[str, str]) -> Path:

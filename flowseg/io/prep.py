@@ -17,12 +17,13 @@ do the ``train_only`` images (incomplete annotations that must never be scored).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +41,8 @@ from flowseg.io.sartorius import check_image_shape, read_train_csv
 from flowseg.io.usiigaci import list_usiigaci
 
 __all__ = ["LabelledImage", "PrepItem", "PrepResult", "SPLITS", "coco_items", "format_summary",
-           "prepare_dataset", "sartorius_items", "split_train_val", "usiigaci_items"]
+           "prepare_dataset", "replacing_folder", "sartorius_items", "split_train_val",
+           "usiigaci_items"]
 
 logger = logging.getLogger(__name__)
 
@@ -287,6 +289,41 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         os.replace(tmp, out)
 
 
+@contextlib.contextmanager
+def replacing_folder(out: str | os.PathLike, *, overwrite: bool = False,
+                     sources: Sequence[str | os.PathLike] = ()) -> Iterator[Path]:
+    """A new temporary folder beside ``out`` that becomes ``out`` when the block ends.
+
+    ``out`` is replaced as a whole only then; when the block raises, the temporary folder is
+    removed and ``out`` is left as it was.
+
+    Parameters
+    ----------
+    out : path-like
+        Must not exist or be empty, unless ``overwrite``.
+    overwrite : bool
+        Replace an existing non-empty ``out``.
+    sources : sequence of path-like
+        Input paths; ``out`` may not contain any of them.
+
+    Raises
+    ------
+    InputError
+        ``out`` is a file, is not empty (without ``overwrite``) or holds a source.
+    """
+    out = Path(out)
+    _prepare_out(out, overwrite, [Path(s) for s in sources])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp.", dir=out.parent))
+    _chmod_like_mkdir(tmp)
+    try:
+        yield tmp
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def prepare_dataset(items: Sequence[PrepItem], out: str | os.PathLike, *, val_fraction: float = 0.2,
                     test_fraction: float = 0.0, train_only: Collection[str] = (),
                     seed: int = 0, scale: float = 1.0, overwrite: bool = False,
@@ -322,15 +359,11 @@ def prepare_dataset(items: Sequence[PrepItem], out: str | os.PathLike, *, val_fr
     scale = check_scale(scale)
     if not items:
         raise InputError("the source has no images to prepare")
-    _prepare_out(out, overwrite, [Path(s) for s in sources])
     split = split_train_val([i.name for i in items], [i.cell_type for i in items],
                             val_fraction=val_fraction, test_fraction=test_fraction,
                             train_only=train_only, seed=seed)
     splits = _splits_written(test_fraction)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp.", dir=out.parent))
-    _chmod_like_mkdir(tmp)
-    try:
+    with replacing_folder(out, overwrite=overwrite, sources=sources) as tmp:
         for s in splits:
             (tmp / s).mkdir()
             write_cell_types(tmp / s, {i.name: i.cell_type for i in items if split[i.name] == s})
@@ -341,10 +374,6 @@ def prepare_dataset(items: Sequence[PrepItem], out: str | os.PathLike, *, val_fr
                   "counts": counts, "names": names}
         with atomic_path(tmp / PREP_FILE) as path:
             path.write_text(json.dumps(record, indent=2) + "\n")
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("wrote %d images to %s", len(items), out)
     return PrepResult(out, counts, names)
 

@@ -16,6 +16,11 @@ Flow targets are computed on the training device from the augmented label crops
 vectors. Randomness: weights from ``torch.manual_seed(seed)``; data order and crops are pure
 functions of ``(seed, epoch, index)``, so a resumed run equals an uninterrupted one.
 
+Pseudo-labelled images (``fit(..., pseudo_items=...)``, made by ``flowseg-data-prep pseudo``)
+take ``TrainConfig.pseudo_fraction`` of each epoch's crops
+(:func:`flowseg.data.dataset.mixed_epoch_order`); their ignore masks reach the loss, where
+ignored pixels weigh 0.
+
 Under ``torchrun`` (an initialised ``torch.distributed`` process group) ``fit`` trains with
 DistributedDataParallel: ``TrainConfig.batch_size`` is the global batch, split across the ranks,
 BatchNorm statistics and the loss are those of the global batch, and only rank 0 validates and
@@ -41,8 +46,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from flowseg.config import ModelConfig, SegmentConfig, TrainConfig
-from flowseg.data.dataset import (CropDataset, Sample, class_names_of, epoch_order,
-                                  images_without_cells)
+from flowseg.data.dataset import (CropDataset, Sample, class_names_of, images_without_cells,
+                                  mixed_epoch_order)
 from flowseg.device import autocast, preferred_memory_format, resolve_precision
 from flowseg.errors import some_names
 from flowseg.io.atomic import atomic_path, leftover_temporaries
@@ -52,7 +57,7 @@ from flowseg.training.distributed import (all_reduce_sums, barrier, broadcast_ob
                                           rank, rank_device, shard_batches, shard_loss,
                                           world_size, wrap_model)
 from flowseg.training.finetune import init_segment_config, init_weights
-from flowseg.training.losses import segmentation_loss
+from flowseg.training.losses import class_pixels, segmentation_loss
 
 __all__ = ["EpochRecord", "ValResult", "HISTORY_FIELDS", "make_optimizer", "make_scheduler",
            "train_one_epoch", "evaluate_val", "fit", "RUN_FILES", "first_epoch_leftovers",
@@ -157,20 +162,21 @@ def train_one_epoch(net: torch.nn.Module, loader: DataLoader, optimizer: torch.o
     layout = preferred_memory_format(device, dtype)
     sums = dict.fromkeys(("loss", "flow", "cellprob", "classes", "samples"), 0.0)
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress or not is_main())
-    for step, (images, labels, class_index) in enumerate(bar):
+    for step, (images, labels, class_index, ignore) in enumerate(bar):
         images = images.to(device, non_blocking=True).contiguous(memory_format=layout)
         labels = labels.to(device, non_blocking=True)
+        ignore = ignore.to(device, non_blocking=True)
         targets = labels_to_flows(labels, device=device)
         with autocast(device, dtype):
             output = net(images, class_grad=config.class_grad)
         terms = segmentation_loss(output, targets, labels, class_index.to(device),
                                   flow_weight=config.flow_weight,
                                   cellprob_weight=config.cellprob_weight,
-                                  class_weight=config.class_weight)
+                                  class_weight=config.class_weight, ignore=ignore)
         if not torch.isfinite(terms.total):
             raise FloatingPointError(f"epoch {epoch + 1} step {step + 1}: non-finite loss "
                                      f"{terms.as_floats()}")
-        part = shard_loss(terms, samples=len(images), cells=(labels > 0).sum(),
+        part = shard_loss(terms, samples=len(images), cells=class_pixels(labels, ignore).sum(),
                           flow_weight=config.flow_weight, cellprob_weight=config.cellprob_weight,
                           class_weight=config.class_weight)
         optimizer.zero_grad(set_to_none=True)
@@ -328,6 +334,24 @@ def _check_fit_inputs(train_items: Sequence[Sample], model_config: ModelConfig,
     return class_names
 
 
+def _check_pseudo_items(pseudo_items: Sequence[Sample], class_names: tuple[str, ...],
+                        model_config: ModelConfig, config: TrainConfig) -> None:
+    """Pseudo-labelled samples must fit the model (channels, cell types) and be used."""
+    if config.pseudo_fraction > 0 and not pseudo_items:
+        raise ValueError(f"config.pseudo_fraction: {config.pseudo_fraction} of the crops should "
+                         "come from pseudo-labelled images, but pseudo_items is empty")
+    if pseudo_items and config.pseudo_fraction == 0:
+        log.warning("%d pseudo-labelled images are not used: pseudo_fraction is 0", len(pseudo_items))
+    unknown = sorted({s.cell_type for s in pseudo_items} - set(class_names))
+    if unknown:
+        raise ValueError(f"pseudo_items: cell types {unknown} are not among the training "
+                         f"classes {class_names}")
+    channels = {s.image.shape[0] for s in pseudo_items} - {model_config.in_channels}
+    if channels:
+        raise ValueError(f"pseudo_items: model takes {model_config.in_channels} channel(s), "
+                         f"pseudo-labelled images have {sorted(channels)}")
+
+
 def _warn_about_data(train_items: Sequence[Sample], val_items: Sequence[Sample],
                      class_names: tuple[str, ...], crop_size: int) -> None:
     """Log what trains or scores other than a user may think (the messages name the images)."""
@@ -384,11 +408,16 @@ def _train_state(run: _Run, epoch: int) -> dict[str, Any]:
             "history": [dataclasses.asdict(r) for r in run.history]}
 
 
-def _loader(dataset: CropDataset, config: TrainConfig, epoch: int, device: torch.device) -> DataLoader:
-    """This rank's share of each global batch of the epoch's deterministic order."""
+def _loader(dataset: CropDataset, config: TrainConfig, epoch: int, device: torch.device, *,
+            n_labelled: int) -> DataLoader:
+    """This rank's share of each global batch of the epoch's deterministic order (the dataset's
+    first ``n_labelled`` samples are the labelled ones, the rest pseudo-labelled)."""
     dataset.set_epoch(epoch)
-    groups = [s.cell_type for s in dataset.samples] if config.balance_classes else None
-    order = epoch_order(len(dataset), seed=config.seed, epoch=epoch, groups=groups)
+    labelled = dataset.samples[:n_labelled]
+    groups = [s.cell_type for s in labelled] if config.balance_classes else None
+    order = mixed_epoch_order(n_labelled, len(dataset) - n_labelled,
+                              fraction=config.pseudo_fraction, seed=config.seed, epoch=epoch,
+                              groups=groups)
     batches = shard_batches(order, config.batch_size, rank=rank(), world_size=world_size())
     return DataLoader(dataset, batch_sampler=batches, num_workers=config.num_workers,
                       pin_memory=device.type == "cuda")
@@ -408,7 +437,7 @@ def fit(train_items: Sequence[Sample], val_items: Sequence[Sample], config: Trai
         model_config: ModelConfig, out_dir: str | os.PathLike, *, resume: bool = False,
         progress: bool = True, segment_config: SegmentConfig | None = None,
         on_epoch_end: Callable[[EpochRecord], None] | None = None,
-        init: Model | None = None) -> Model:
+        init: Model | None = None, pseudo_items: Sequence[Sample] = ()) -> Model:
     """Train a model; writes ``last.pt``, ``best.pt``, ``history.csv``, ``history.png`` to ``out_dir``.
 
     Parameters
@@ -436,6 +465,9 @@ def fit(train_items: Sequence[Sample], val_items: Sequence[Sample], config: Trai
         Start from this model's weights (fine-tuning; ignored when resuming): ``model_config``
         must be :func:`flowseg.training.finetune.init_config` of it. Classes it knows keep their
         head rows and, when ``segment_config`` is None, their tuned thresholds.
+    pseudo_items : sequence of Sample
+        Pseudo-labelled images (with ignore masks): ``config.pseudo_fraction`` of each epoch's
+        crops come from them. Their cell types must be training classes.
 
     Returns
     -------
@@ -443,6 +475,7 @@ def fit(train_items: Sequence[Sample], val_items: Sequence[Sample], config: Trai
         ``best.pt``'s model when validation ran, else the last epoch's.
     """
     class_names = _check_fit_inputs(train_items, model_config, config)
+    _check_pseudo_items(pseudo_items, class_names, model_config, config)
     if segment_config is None:
         segment_config = (SegmentConfig() if init is None
                           else init_segment_config(init, class_names))
@@ -466,9 +499,9 @@ def fit(train_items: Sequence[Sample], val_items: Sequence[Sample], config: Trai
                  f"; new classes (fresh heads): {', '.join(new)}" if new else "")
     net = net.to(device, memory_format=preferred_memory_format(device, dtype))
     log.info("training on %s in %s", device, "bf16 autocast" if dtype == torch.bfloat16 else "float32")
-    dataset = CropDataset(train_items, class_names, crop_size=config.crop_size,
+    dataset = CropDataset([*train_items, *pseudo_items], class_names, crop_size=config.crop_size,
                           augment=config.augment, seed=config.seed)
-    steps = math.ceil(len(dataset) / config.batch_size)
+    steps = math.ceil(len(train_items) / config.batch_size)
     optimizer = make_optimizer(net, config)
     run = _Run(net, optimizer, make_scheduler(optimizer, config, steps))
     if resume:
@@ -480,9 +513,9 @@ def fit(train_items: Sequence[Sample], val_items: Sequence[Sample], config: Trai
     for epoch in range(run.start_epoch, config.epochs):
         t0 = time.perf_counter()
         lr = run.optimizer.param_groups[0]["lr"]
-        terms = train_one_epoch(train_net, _loader(dataset, config, epoch, device), run.optimizer,
-                                run.scheduler, config=config, device=device, epoch=epoch,
-                                progress=progress)
+        loader = _loader(dataset, config, epoch, device, n_labelled=len(train_items))
+        terms = train_one_epoch(train_net, loader, run.optimizer, run.scheduler, config=config,
+                                device=device, epoch=epoch, progress=progress)
         val = _validate(model, val_items, config, epoch)
         record = EpochRecord(epoch + 1, terms["loss"], terms["flow"], terms["cellprob"],
                              terms["classes"], val.score if val else math.nan,

@@ -281,3 +281,59 @@ def test_train_only_csv_may_not_repeat_an_image(sartorius, tmp_path):
     with pytest.raises(InputError, match="already annotated in another csv, e.g. astro00"):
         main(_args(csv_path, images_dir, tmp_path / "out", "--quiet", "--train-only-csv", str(csv_path)))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def unlabelled(tmp_path_factory):
+    """Two 160 x 192 crops of the shipped Sartorius sample, as PNG files."""
+    from flowseg.model.pretrained import sample_paths
+
+    folder = tmp_path_factory.mktemp("unlabelled")
+    image = read_image(sample_paths()[0])
+    for i, (r, c) in enumerate([(0, 0), (300, 400)]):
+        Image.fromarray(image[r:r + 160, c:c + 192]).save(folder / f"crop{i}.png")
+    return folder
+
+
+def test_pseudo_labels_only_confident_teacher_cells(unlabelled, tmp_path, capsys):
+    import flowseg
+    from flowseg.io.folders import read_ignore_mask
+
+    out = tmp_path / "pseudo"
+    assert main(["pseudo", "--images", str(unlabelled), "--out", str(out), "--scale", "1",
+                 "--cell-type", "shsy5y", "--max-flow-error", "0.3"]) == 0
+    assert "kept" in capsys.readouterr().out
+    items = list_folder(out)
+    assert [i.name for i in items] == ["crop0", "crop1"]
+    record = json.loads((out / "pseudo.json").read_text())
+    assert record["config"]["max_flow_error"] == 0.3
+    teacher = flowseg.load_model(device="cpu")
+    kept_total = 0
+    for item, row in zip(items, record["images"]):
+        assert item.cell_type == "shsy5y" and item.ignore_path is not None
+        image, labels = read_image(item.image_path), read_labels(item.masks_path)
+        ignore = read_ignore_mask(item.ignore_path)
+        assert np.array_equal(image, np.asarray(Image.open(unlabelled / f"{item.name}.png")))
+        (result,) = flowseg.segment([image], teacher, scale=1.0)
+        assert row["teacher_instances"] == result.n_instances and row["kept"] == labels.max()
+        for k in range(1, labels.max() + 1):   # each pseudo cell is one whole teacher cell
+            ids = np.unique(result.labels[labels == k])
+            assert len(ids) == 1 and ids[0] > 0
+            assert np.array_equal(result.labels == ids[0], labels == k)
+        assert not (labels[result.labels == 0]).any()      # background never labelled
+        assert not (ignore & (labels > 0)).any()
+        assert ignore[(result.labels > 0) & (labels == 0)].all()   # dropped cells ignored
+        kept_total += labels.max()
+    assert kept_total > 0
+    assert run(["pseudo", "--images", str(unlabelled), "--out", str(out), "--quiet"]) == 2
+
+
+def test_pseudo_types_from_the_teacher_and_ensemble(unlabelled, tmp_path):
+    from flowseg.model.pretrained import default_model_path
+
+    out = tmp_path / "pseudo"
+    model = str(default_model_path())
+    assert main(["pseudo", "--images", str(unlabelled / "crop0.png"), "--out", str(out),
+                 "--model", model, "--model", model, "--scale", "1", "--quiet"]) == 0
+    (item,) = list_folder(out)
+    assert item.cell_type in ("astro", "cort", "shsy5y")

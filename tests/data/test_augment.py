@@ -3,7 +3,8 @@ import pytest
 from scipy import ndimage
 
 from flowseg.config import AugmentConfig
-from flowseg.data.augment import adjust_intensity, apply_affine, augment_pair, random_affine
+from flowseg.data.augment import (adjust_intensity, apply_affine, augment_pair, augment_sample,
+                                  random_affine, warp_mask)
 
 EXACT = AugmentConfig(rotation=0.0, scale=(1.0, 1.0))
 
@@ -72,3 +73,30 @@ def test_mismatched_shapes_are_refused():
     with pytest.raises(ValueError, match="image, labels"):
         augment_pair(np.zeros((1, 8, 8), np.float32), np.zeros((8, 9), np.int32), crop_size=8,
                      rng=np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ignore_mask_follows_the_labels(seed):
+    """The ignore mask is resampled like the labels; image and labels are those of augment_pair."""
+    labels = ndimage.zoom(_labels((12, 15), seed), 6, order=0)
+    ignore = labels % 3 == 0
+    image = labels[None].astype(np.float32) / 40
+    config = AugmentConfig(rotation=180.0, scale=(0.7, 1.4))
+    out_image, out_labels, out_ignore = augment_sample(
+        image, labels, ignore, crop_size=48, rng=np.random.default_rng(seed), config=config)
+    pair = augment_pair(image, labels, crop_size=48, rng=np.random.default_rng(seed), config=config)
+    assert np.array_equal(out_image, pair[0]) and np.array_equal(out_labels, pair[1])
+    assert out_ignore.dtype == bool and out_ignore.shape == (48, 48)
+    inside = warp_mask(np.ones(labels.shape, bool),
+                       random_affine(labels.shape, 48, np.random.default_rng(seed), config))
+    assert np.array_equal(out_ignore, (out_labels % 3 == 0) & inside)
+
+
+def test_no_ignore_mask_gives_all_false():
+    labels = _labels()
+    _, _, ignore = augment_sample(labels[None].astype(np.float32), labels, None, crop_size=16,
+                                  rng=np.random.default_rng(0))
+    assert ignore.shape == (16, 16) and not ignore.any()
+    with pytest.raises(ValueError, match="ignore"):
+        augment_sample(labels[None].astype(np.float32), labels, np.zeros((3, 3), bool),
+                       crop_size=16, rng=np.random.default_rng(0))

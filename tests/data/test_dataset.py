@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
+import torch
 
 from flowseg.config import AugmentConfig
 from flowseg.data.dataset import (CropDataset, class_names_of, epoch_order, images_without_cells,
-                                  load_folder, make_sample)
+                                  load_folder, make_sample, mixed_epoch_order)
 from flowseg.errors import InputError
 from flowseg.io.folders import write_cell_types, write_folder_item
 
@@ -91,3 +92,62 @@ def test_load_folder_refuses_grayscale_and_colour_images_naming_them(tmp_path):
 def test_images_without_cells_names_the_empty_samples():
     empty = make_sample("empty", np.ones((8, 8)), np.zeros((8, 8), int), "x")
     assert images_without_cells([_disk_sample("a", "x"), empty]) == ["empty"]
+
+
+@pytest.mark.parametrize("groups", [None, ["a"] * 16 + ["b"] * 4])
+@pytest.mark.parametrize("n_extra", [3, 40])
+def test_mixed_epoch_order_is_deterministic_and_draws_the_fraction(groups, n_extra):
+    n = 20
+    order = mixed_epoch_order(n, n_extra, fraction=0.25, seed=1, epoch=2, groups=groups)
+    assert np.array_equal(order, mixed_epoch_order(n, n_extra, fraction=0.25, seed=1, epoch=2,
+                                                   groups=groups))
+    assert not np.array_equal(order, mixed_epoch_order(n, n_extra, fraction=0.25, seed=1,
+                                                       epoch=3, groups=groups))
+    total = n + n_extra
+    samples = order % total
+    assert len(order) == n and len(set(order.tolist())) == n     # repeats get distinct keys
+    assert (samples >= n).sum() == 5                               # round(0.25 * 20) extra draws
+    extra = samples[samples >= n] - n
+    assert len(set(extra.tolist())) == min(5, n_extra)            # cycles through the extras
+    if groups is None:
+        assert len(set(samples[samples < n].tolist())) == 15
+
+
+def test_mixed_epoch_order_without_extras_is_epoch_order():
+    groups = ["a"] * 7 + ["b"] * 3
+    for n_extra, fraction in [(0, 0.5), (5, 0.0)]:
+        for g in (None, groups):
+            assert np.array_equal(mixed_epoch_order(10, n_extra, fraction=fraction, seed=0,
+                                                    epoch=4, groups=g),
+                                  epoch_order(10, seed=0, epoch=4, groups=g))
+    with pytest.raises(ValueError, match="fraction"):
+        mixed_epoch_order(10, 5, fraction=1.0, seed=0, epoch=0)
+
+
+def test_crops_carry_the_ignore_mask_aligned_with_the_labels():
+    yy, xx = np.mgrid[:40, :50]
+    labels = ((yy // 10) * 5 + xx // 10).astype(np.int32) + 1      # blocks 1..20
+    ignore = labels % 4 == 0
+    sample = make_sample("p", labels.astype(np.uint8), labels, "x", ignore=ignore)
+    dataset = CropDataset([sample, _disk_sample("q", "x")], ("x",), crop_size=24,
+                          augment=AugmentConfig(), seed=3)
+    for index in range(4):
+        _, crop_labels, class_index, crop_ignore = dataset[2 * index]
+        assert crop_ignore.dtype == torch.bool and class_index == 0
+        inside = crop_labels > 0
+        assert torch.equal(crop_ignore[inside], (crop_labels[inside] % 4 == 0))
+        assert not crop_ignore[~inside].any()
+    assert not dataset[1][3].any()                                  # no mask: nothing ignored
+    with pytest.raises(ValueError, match="ignore mask"):
+        make_sample("p", labels, labels, "x", ignore=ignore.astype(np.uint8))
+
+
+def test_load_folder_reads_ignore_masks(tmp_path):
+    labels = np.zeros((20, 24), np.int32)
+    labels[5:10, 5:12] = 1
+    ignore = np.zeros((20, 24), bool)
+    ignore[12:, :] = True
+    write_folder_item(tmp_path, "a", (labels * 50).astype(np.uint16), labels, "x", ignore=ignore)
+    write_folder_item(tmp_path, "b", (labels * 50).astype(np.uint16), labels, "x")
+    a, b = load_folder(tmp_path)
+    assert np.array_equal(a.ignore, ignore) and b.ignore is None

@@ -4,7 +4,7 @@ import tifffile
 
 from flowseg.errors import InputError
 from flowseg.io.folders import (FolderItem, check_out_folder, list_folder, read_cell_types,
-                                write_cell_types, write_folder_item)
+                                read_ignore_mask, write_cell_types, write_folder_item)
 from flowseg.io.images import read_image, read_labels
 
 
@@ -160,3 +160,31 @@ def test_cellpose_seg_files_are_masks_files(tmp_path):
     (tmp_path / "a_cp_masks.png").write_bytes(b"")
     (tmp_path / "a_flows.tif").write_bytes(b"")
     assert [i.name for i in list_folder(tmp_path)] == ["a"]
+
+
+def test_ignore_masks_belong_to_their_item(tmp_path):
+    image, labels = _pair(0)
+    ignore = labels == 0
+    item = write_folder_item(tmp_path, "a", image, labels, "x", ignore=ignore)
+    write_folder_item(tmp_path, "b", image, labels, "x")
+    write_cell_types(tmp_path, {"a": "x", "b": "x"})
+    assert item.ignore_path == tmp_path / "a_ignore.tif"
+    assert tifffile.imread(item.ignore_path).dtype == np.uint8
+    a, b = list_folder(tmp_path)
+    assert a == item and b.ignore_path is None
+    assert np.array_equal(read_ignore_mask(a.ignore_path), ignore)
+    (tmp_path / "a.tif").unlink()
+    (tmp_path / "a_masks.tif").unlink()
+    (tmp_path / "cell_types.csv").unlink()
+    with pytest.raises(InputError, match="ignore mask a_ignore.tif has no masks file"):
+        list_folder(tmp_path)
+
+
+def test_ignore_mask_values_other_than_0_and_1_refused(tmp_path):
+    tifffile.imwrite(tmp_path / "x_ignore.tif", np.full((4, 4), 2, np.uint8))
+    with pytest.raises(InputError, match="x_ignore.tif: expected values 0"):
+        read_ignore_mask(tmp_path / "x_ignore.tif")
+    with pytest.raises(ValueError, match="ignore shape"):
+        write_folder_item(tmp_path, "y", *_pair(0), "x", ignore=np.zeros((2, 2), bool))
+    with pytest.raises(ValueError, match="_ignore"):
+        write_folder_item(tmp_path, "z_ignore", *_pair(0), "x")

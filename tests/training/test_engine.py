@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from flowseg.config import ModelConfig
-from flowseg.data.dataset import CropDataset
+from flowseg.data.dataset import CropDataset, make_sample
 from flowseg.io.atomic import atomic_path
 from flowseg.model.checkpoint import Model, load_model, load_train_state, save_model
 from flowseg.model.unet import UNet
@@ -257,3 +257,17 @@ def test_fit_removes_temporary_files_of_a_killed_run_when_resuming(samples, tiny
     assert "removed 2 file(s) left by an interrupted run" in caplog.text
     assert f"{temps[0]} (2.0 MB)" in caplog.text
     assert [r["epoch"] for r in _history(tmp_path / "history.csv")] == ["1", "2"]
+
+
+def test_fit_mixes_pseudo_items_and_refuses_a_fraction_without_them(samples, tiny_configs, tmp_path):
+    train, val = samples
+    config, model_config = tiny_configs
+    config = dataclasses.replace(config, epochs=1, pseudo_fraction=0.5)
+    with pytest.raises(ValueError, match="pseudo_items is empty"):
+        fit(train, val, config, model_config, tmp_path / "a", progress=False)
+    pseudo = [make_sample(f"p{i}", s.image[0], s.labels, s.cell_type,
+                          ignore=np.ones(s.labels.shape, bool)) for i, s in enumerate(train)]
+    fit(train, [], config, model_config, tmp_path / "b", progress=False, pseudo_items=pseudo)
+    alien = [make_sample("z", train[0].image[0], train[0].labels, "other")]
+    with pytest.raises(ValueError, match=r"\['other'\] are not among the training classes"):
+        fit(train, [], config, model_config, tmp_path / "c", progress=False, pseudo_items=alien)
