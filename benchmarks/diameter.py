@@ -9,7 +9,10 @@ Two tables, each run the way a user runs ``flowseg.segment`` (model thresholds, 
    at ``scale=1`` (flowseg before the estimate) and without flags; then the same images resized
    2x and 0.5x (image: linear, anti-aliased when shrinking), segmented without flags and at
    ``scale=1``, and the masks resized back (nearest) to score against the 1x truth. "kept" is the
-   score as a fraction of the 1x score without flags.
+   score as a fraction of the 1x score without flags. The "truth" rows score the true masks
+   resized to that size and back: the most any method can keep when its masks are resized.
+
+3. With a Sartorius folder, the zoom estimate's error on whole images and on random crops.
 
 Truth: Usiigaci's ``instances_ids.png``; the Sartorius folder's ``<name>_masks.tif`` (with
 ``data_prep --fill-holes``, astro holes filled; fine for comparing settings, not for leaderboard
@@ -31,7 +34,7 @@ import numpy as np
 from skimage.transform import resize
 
 import flowseg
-from flowseg.api import model_size
+from flowseg.api import image_styles, model_size
 from flowseg.io.folders import list_folder
 from flowseg.io.images import read_image, read_labels
 from flowseg.metrics import image_score, mean_score
@@ -72,7 +75,7 @@ def usiigaci_table(model, folder: Path, scales: tuple[float, ...]) -> list[str]:
 
 
 def _resized(image: np.ndarray, factor: float) -> np.ndarray:
-    shape = tuple(max(1, round(n * factor)) for n in image.shape[-2:])
+    shape = _size(image.shape[-2:], factor)
     return resize(image.astype(np.float32), image.shape[:-2] + shape, order=1, mode="reflect",
                   anti_aliasing=factor < 1, preserve_range=True)
 
@@ -105,6 +108,42 @@ def sartorius_table(model, folder: Path) -> list[str]:
                            if t in types else f"{'-':>7}" for t in TYPES)
             lines.append(f"{factor:<6g} {name:<10} {mean:>6.3f} {per} {mean / base:>6.1%} "
                          f"{_scales_text(results):>20} {sec:>8.2f}")
+        if factor != 1.0:  # the ceiling: the truth itself at this size, resized back
+            ceiling = np.mean([image_score(t, _back(_back(t, _size(t.shape, factor)), t.shape)).score
+                               for t in truths])
+            lines.append(f"{factor:<6g} {'truth':<10} {ceiling:>6.3f} {'':>23} {'':>6} "
+                         f"{'(masks resized back)':>20}")
+    return lines
+
+
+def _size(shape: tuple[int, int], factor: float) -> tuple[int, int]:
+    return tuple(max(1, round(n * factor)) for n in shape)
+
+
+def crop_table(model, folder: Path, *, seed: int = 0) -> list[str]:
+    """Zoom estimate error of every third image of ``folder`` at zooms 0.5, 1, 2, whole and as
+    random square crops of 128 and 256 px (the error, |estimated / true zoom - 1|, in %)."""
+    size = model_size(model)
+    rng = np.random.default_rng(seed)
+    items = list_folder(folder)[::3]
+    errors: dict[str, list[float]] = {"whole": [], "256 px crop": [], "128 px crop": []}
+    for item in items:
+        image = read_image(item.image_path).astype(np.float32)
+        for zoom in (0.5, 1.0, 2.0):
+            zoomed = _resized(image, zoom)
+            for name, side in (("whole", None), ("256 px crop", 256), ("128 px crop", 128)):
+                crop = zoomed
+                if side is not None:
+                    top = rng.integers(0, zoomed.shape[-2] - side + 1)
+                    left = rng.integers(0, zoomed.shape[-1] - side + 1)
+                    crop = zoomed[..., top:top + side, left:left + side]
+                styles = image_styles([crop], model, factors=[size.low_res], levels=size.levels,
+                                      spread=size.spread, tile=size.tile)
+                errors[name].append(abs(float(size.zooms(styles)[0]) / zoom - 1))
+    lines = [f"Zoom estimate error, {len(items)} images of {folder} at zooms 0.5, 1, 2",
+             f"{'input':<12} {'median':>7} {'p90':>7} {'max':>7}"]
+    for name, e in errors.items():
+        lines.append(f"{name:<12} {np.median(e):>7.1%} {np.quantile(e, 0.9):>7.1%} {np.max(e):>7.1%}")
     return lines
 
 
@@ -125,7 +164,9 @@ def main() -> None:
     if args.usiigaci:
         print("\n".join(usiigaci_table(model, args.usiigaci, args.scales)), "\n")
     if args.sartorius:
-        print("\n".join(sartorius_table(model, args.sartorius)))
+        print("\n".join(sartorius_table(model, args.sartorius)), "\n")
+        if size is not None and size.can_estimate:
+            print("\n".join(crop_table(model, args.sartorius)))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from flowseg.api import DEFAULT_TILE, NORMALIZE, check_tile
 from flowseg.config import SegmentConfig, _check_int
 from flowseg.data.normalize import check_percentiles
 from flowseg.data.rescale import check_scale
+from flowseg.size import scale_for_diameter
 from flowseg.device import PRECISIONS
 from flowseg.errors import one_line
 from flowseg.io.atomic import atomic_path
@@ -34,7 +35,7 @@ RECORD_DIR = ".flowseg"
 
 
 #: Record values of the options that :meth:`BatchConfig.settings` leaves out at their default.
-_DEFAULT_SETTINGS = {"segment": {}, "normalize": list(NORMALIZE), "channel": None,
+_DEFAULT_SETTINGS = {"diameter": None, "segment": {}, "normalize": list(NORMALIZE), "channel": None,
                      "channel_axis": None, "z_axis": None,
                      "stitch_threshold": DEFAULT_STITCH_THRESHOLD}
 
@@ -55,8 +56,11 @@ class BatchConfig:
         images, untiled (``0`` is stored as ``None``).
     tta : bool
         Flip test-time augmentation.
-    scale : float
+    scale : float or None
         Resize factor of the images before the network (see :func:`flowseg.api.segment`).
+    diameter : float or None
+        Cell diameter in the images in pixels, setting the scale (see :func:`flowseg.api.segment`).
+        With neither, each image's cell size is estimated.
     overlay : bool
         Also write ``<name>_overlay.png``.
     chunk : int
@@ -89,7 +93,8 @@ class BatchConfig:
     batch_size: int = 8
     tile: int | None = DEFAULT_TILE
     tta: bool = False
-    scale: float = 1.0
+    scale: float | None = None
+    diameter: float | None = None
     overlay: bool = False
     chunk: int = 8
     worker_threads: int | None = None
@@ -111,7 +116,13 @@ class BatchConfig:
         for name in ("tta", "overlay"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name}: expected a bool, got {getattr(self, name)!r}")
-        check_scale(self.scale)
+        if self.scale is not None and self.diameter is not None:
+            raise ValueError(f"scale, diameter: give one of them, not both (got scale="
+                             f"{self.scale!r}, diameter={self.diameter!r})")
+        if self.scale is not None:
+            check_scale(self.scale)
+        if self.diameter is not None:
+            scale_for_diameter(self.diameter, 1.0)  # checks the value
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: expected one of {PRECISIONS}, got {self.precision!r}")
         object.__setattr__(self, "save", check_outputs(self.save))
@@ -132,7 +143,7 @@ class BatchConfig:
         default are left out, so records of earlier versions stay valid)."""
         values = {"tile": self.tile, "tta": self.tta, "scale": self.scale,
                   "precision": self.precision}
-        extra = {"segment": json.loads(json.dumps(dict(self.segment))),
+        extra = {"diameter": self.diameter, "segment": json.loads(json.dumps(dict(self.segment))),
                  "normalize": None if self.normalize is None else list(self.normalize),
                  "channel": None if self.channel is None else list(self.channel),
                  "channel_axis": self.channel_axis, "z_axis": self.z_axis,
@@ -169,6 +180,11 @@ class ImageOutcome:
         Instances per cell type.
     reason : str
         One line, when failed.
+    scale : float or None
+        Resize factor the image was segmented at (None when failed, or skipped with a record
+        of an earlier flowseg that did not store it).
+    diameter : float or None
+        The cell diameter (px) that scale corresponds to (see ``SegmentResult.diameter``).
     """
 
     name: str
@@ -177,6 +193,8 @@ class ImageOutcome:
     cell_type: str = ""
     counts: dict[str, int] = field(default_factory=dict)
     reason: str = ""
+    scale: float | None = None
+    diameter: float | None = None
 
 
 # ----------------------------------------------------------------------------- file names
@@ -280,10 +298,12 @@ def _write_outputs(out_dir: Path, item: _Item, result, settings: dict[str, Any],
         write_rgb_png(_overlay_path(out_dir, name), rgb)
     counts = dict(Counter(result.cell_types))
     record = {"name": name, "source": path, "shape": list(result.labels.shape),
-              "cell_type": result.image_cell_type, "counts": counts, "settings": settings}
+              "cell_type": result.image_cell_type, "counts": counts, "settings": settings,
+              "scale": result.scale, "diameter": result.diameter}
     with atomic_path(record_path(out_dir, name)) as tmp:
         tmp.write_text(json.dumps(record), encoding="utf-8")
-    return ImageOutcome(name, path, "done", result.image_cell_type, counts)
+    return ImageOutcome(name, path, "done", result.image_cell_type, counts,
+                        scale=result.scale, diameter=result.diameter)
 
 
 def _failed(name: str, path: str, exc: BaseException) -> ImageOutcome:
@@ -303,7 +323,8 @@ def _segment_items(items: list[_Item], model, config: BatchConfig) -> list:
     def run(batch: list[_Item]) -> list:
         planes = segment([p for item in batch for p in item.planes], model,
                          batch_size=config.batch_size, config=segment_config, tile=config.tile,
-                         tta=config.tta, scale=config.scale, precision=config.precision,
+                         tta=config.tta, scale=config.scale, diameter=config.diameter,
+                         precision=config.precision,
                          normalize=config.normalize,
                          return_maps=any(k in MAP_OUTPUTS for k in config.save))
         out, start = [], 0
@@ -359,7 +380,8 @@ def segment_chunk(paths: Sequence[str], out_dir: str | os.PathLike, *, model, co
         record = None if overwrite else _complete(out_dir, name, settings, config)
         if record is not None:
             outcomes[path] = ImageOutcome(name, path, "skipped", record["cell_type"],
-                                          dict(record["counts"]))
+                                          dict(record["counts"]), scale=record.get("scale"),
+                                          diameter=record.get("diameter"))
             tick(1)
             continue
         try:

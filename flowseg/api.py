@@ -1,6 +1,7 @@
 """The Python API: ``load_model`` and ``segment`` (numpy in, result objects out).
 
-``segment`` runs in three batched stages:
+``segment`` runs in three batched stages, after choosing each image's resize factor
+(:func:`choose_scales`: given, from a cell diameter, or estimated by the model's size model):
 
 1. network: every image is cut into equal tiles (or kept whole with ``tile=None``); tiles of all
    images share network batches; optional flip test-time augmentation; tiles are blended back;
@@ -38,11 +39,12 @@ from flowseg.flows import fill_holes, flow_error, flows_to_labels
 from flowseg.io.instances import drop_edge_instances, relabel_consecutive
 from flowseg.model.checkpoint import Model
 from flowseg.model.checkpoint import load_model as _load_checkpoint
+from flowseg.size import SIZE_MODEL_KEY, SizeModel, scale_for_diameter
 from flowseg.tiling import TileGrid, split_tiles, stitch_tiles, tile_grid
 
 __all__ = ["DEFAULT_TILE", "NORMALIZE", "ClassValues", "SegmentResult", "check_image",
-           "check_model", "check_tile", "cluster_config", "cluster_maps", "filter_instances",
-           "instance_classes", "load_model", "predict_maps", "segment", "segment_maps",
+           "check_model", "check_tile", "choose_scales", "cluster_config", "cluster_maps", "filter_instances",
+           "image_styles", "instance_classes", "load_model", "model_size", "predict_maps", "segment", "segment_maps",
            "warn_dropped_tuning"]
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,11 @@ class SegmentResult:
         Predicted unit flows (dy, dx), when asked for.
     cellprob : (H, W) ndarray of float32 or None
         Predicted cell-probability logits, when asked for.
+    scale : float
+        Resize factor the image was segmented at (given, from ``diameter``, or estimated).
+    diameter : float or None
+        The cell diameter in the image's pixels that ``scale`` corresponds to: the model's
+        training diameter / ``scale`` (None for a model that records no diameter).
     """
 
     labels: np.ndarray
@@ -92,6 +99,8 @@ class SegmentResult:
     class_names: tuple[str, ...]
     flows: np.ndarray | None = None
     cellprob: np.ndarray | None = None
+    scale: float = 1.0
+    diameter: float | None = None
 
     @property
     def n_instances(self) -> int:
@@ -250,15 +259,25 @@ def _forward(model: Model, x: torch.Tensor, *, tta: bool, dtype: torch.dtype) ->
     return (total / len(flips)).float()
 
 
+def _check_scales(scale: float | Sequence[float], n: int) -> list[float]:
+    """One checked resize factor per image from one factor or a sequence of ``n``."""
+    if isinstance(scale, (list, tuple, np.ndarray)):
+        if len(scale) != n:
+            raise ValueError(f"scale: expected one factor or one per image ({n}), got {len(scale)}")
+        return [check_scale(s, f"scale[{i}]") for i, s in enumerate(scale)]
+    return [check_scale(scale)] * n
+
+
 def predict_maps(images: Sequence[np.ndarray], model: Model, *, batch_size: int = 8,
                  tile: int | None = DEFAULT_TILE, tta: bool = False,
-                 scale: float = 1.0, precision: str = "auto",
+                 scale: float | Sequence[float] = 1.0, precision: str = "auto",
                  normalize: tuple[float, float] | None = NORMALIZE) -> list[torch.Tensor]:
     """Run the network over images of any sizes, batching tiles of all images together.
 
-    With ``scale != 1`` each normalised image is resized by ``scale`` before the network and
-    its maps are resized back to the image's own size (see ``segment``). ``tile`` (0 or None:
-    whole images), ``precision`` and ``normalize`` as in :func:`segment`.
+    With ``scale != 1`` (one factor, or one per image) each normalised image is resized by its
+    factor before the network and its maps are resized back to the image's own size (see
+    ``segment``). ``tile`` (0 or None: whole images), ``precision`` and ``normalize`` as in
+    :func:`segment`.
 
     Returns
     -------
@@ -269,15 +288,15 @@ def predict_maps(images: Sequence[np.ndarray], model: Model, *, batch_size: int 
     images = _check_images(images, model.model_config.in_channels)
     _check_int("batch_size", batch_size, minimum=1)
     tile = check_tile(tile, size_multiple=model.model_config.size_multiple)
-    scale = check_scale(scale)
+    scales = _check_scales(scale, len(images))
     normalize = check_percentiles(normalize)
     device = next(model.net.parameters()).device
     dtype = resolve_precision(precision, device)
     model.net.to(memory_format=preferred_memory_format(device, dtype))  # layout only: same values
     tensors = [torch.from_numpy(normalize_image(im, percentiles=normalize)) for im in images]
     shapes = [tuple(t.shape[-2:]) for t in tensors]
-    if scale != 1.0:
-        tensors = [resize_stack(t, scaled_shape(s, scale)) for t, s in zip(tensors, shapes)]
+    tensors = [resize_stack(t, scaled_shape(hw, f)) if f != 1.0 else t
+               for t, hw, f in zip(tensors, shapes, scales)]
     align = model.model_config.size_multiple  # the network's total pooling stride
     grids: list[TileGrid | None] = [
         tile_grid(t.shape[-2:], tile=tile, overlap=TILE_OVERLAP, align=align) if tile else None
@@ -306,8 +325,108 @@ def predict_maps(images: Sequence[np.ndarray], model: Model, *, batch_size: int 
     for i, grid in enumerate(grids):
         outs = torch.stack([o for _, o in sorted(outputs[i], key=lambda ko: ko[0])])
         out = stitch_tiles(outs, grid) if grid else outs[0]
-        maps.append(resize_stack(out, shapes[i]) if scale != 1.0 else out)
+        maps.append(resize_stack(out, shapes[i]) if scales[i] != 1.0 else out)
     return maps
+
+
+# ----------------------------------------------------------------------------- cell size
+def model_size(model: Model) -> SizeModel | None:
+    """The model's :class:`~flowseg.size.SizeModel` (training diameter and zoom regression),
+    None when its checkpoint records none (models trained before flowseg 0.x)."""
+    values = model.metadata.get(SIZE_MODEL_KEY)
+    return None if values is None else SizeModel.from_dict(values)
+
+
+def image_styles(images: Sequence[np.ndarray], model: Model, *, factors: Sequence[float],
+                 levels: int = 1, spread: bool = False, tile: int | None = None,
+                 precision: str = "auto",
+                 normalize: tuple[float, float] | None = NORMALIZE) -> np.ndarray:
+    """Style vectors of images, each normalised and resized by its factor (encoder only;
+    ``levels`` deepest encoder levels, with their spread, see ``UNet.level_styles``). With
+    ``tile``, the mean of
+    the styles of ``tile`` x ``tile`` tiles covering the resized image (no overlap; smaller
+    images padded): then the style does not depend on how large the image is.
+
+    Parameters
+    ----------
+    images : sequence of (H, W) or (C, H, W) ndarrays
+    model : Model
+        Its network must have a ``level_styles`` method (flowseg's UNet; not an exported one).
+    factors : sequence of float
+        Resize factor of each image (e.g. the size model's ``low_res``).
+
+    Returns
+    -------
+    (N, D) ndarray of float32
+    """
+    model = check_model(model)
+    images = _check_images(images, model.model_config.in_channels)
+    factors = _check_scales(list(factors), len(images))
+    style = getattr(model.net, "level_styles", None)
+    if style is None:
+        raise ValueError(f"model: its network ({type(model.net).__name__}) gives no style "
+                         "vector, so image sizes cannot be estimated (give scale or diameter)")
+    normalize = check_percentiles(normalize)
+    device = model.device
+    dtype = resolve_precision(precision, device)
+    out = []
+    model.net.eval()
+    with torch.inference_mode():
+        for image, factor in zip(images, factors):
+            t = torch.from_numpy(normalize_image(image, percentiles=normalize))
+            t = resize_stack(t, scaled_shape(t.shape[-2:], factor))
+            x = split_tiles(t, tile_grid(t.shape[-2:], tile=tile, overlap=0.0)) if tile else t[None]
+            x = x.to(device).contiguous(memory_format=preferred_memory_format(device, dtype))
+            with autocast(device, dtype):
+                out.append(style(x, levels, spread).float().mean(dim=0).cpu().numpy())
+    return np.stack(out) if out else np.zeros((0, 0), np.float32)
+
+
+def choose_scales(images: Sequence[np.ndarray], model: Model, *, scale: float | None = None,
+                  diameter: float | None = None, precision: str = "auto",
+                  normalize: tuple[float, float] | None = NORMALIZE
+                  ) -> tuple[list[float], list[float | None]]:
+    """The resize factor of each image, and the cell diameter it corresponds to.
+
+    ``scale`` given: that factor. ``diameter`` given: ``model diameter / diameter``. Neither:
+    the model's size model estimates each image's zoom (one encoder pass at ``low_res``; see
+    :mod:`flowseg.size`); a model without one is run at scale 1.
+
+    Returns
+    -------
+    scales : list of float, one per image
+    diameters : list of float or None
+        ``model diameter / scale`` (None when the model records no diameter).
+    """
+    size = model_size(model)
+    if scale is not None and diameter is not None:
+        raise ValueError(f"scale, diameter: give one of them, not both (got scale={scale!r}, "
+                         f"diameter={diameter!r})")
+    if diameter is not None:
+        if size is None:
+            raise ValueError("diameter: this model records no training cell diameter; give "
+                             "scale (a resize factor) instead")
+        scales = [check_scale(scale_for_diameter(diameter, size.diameter), "model diameter / diameter")] * len(images)
+    elif scale is not None:
+        scales = [check_scale(scale)] * len(images)
+    elif size is None or not size.can_estimate or not images:
+        scales = [1.0] * len(images)
+    elif not hasattr(model.net, "level_styles"):
+        log.warning("the model's network (%s) gives no style vector: cell sizes not "
+                    "estimated, images segmented at scale 1", type(model.net).__name__)
+        scales = [1.0] * len(images)
+    else:
+        styles = image_styles(images, model, factors=[size.low_res] * len(images),
+                              levels=size.levels, spread=size.spread, tile=size.tile,
+                              precision=precision,
+                              normalize=normalize)
+        zooms = size.zooms(styles)
+        scales = [size.scale(z) for z in zooms]
+        for i, (z, f) in enumerate(zip(zooms, scales)):
+            log.info("image %d: estimated zoom %.2f of the training cells -> scale %.3g "
+                     "(diameter %.1f px)", i, z, f, size.diameter / f)
+    diameters = [None if size is None else size.diameter / f for f in scales]
+    return scales, diameters
 
 
 # ----------------------------------------------------------------------------- class stage
@@ -592,8 +711,8 @@ def warn_dropped_tuning(config: SegmentConfig, model: Model) -> None:
 
 def segment(images: Sequence[np.ndarray], model: Model, *, batch_size: int = 8,
             config: SegmentConfig | None = None, tile: int | None = DEFAULT_TILE,
-            tta: bool = False, scale: float = 1.0, return_maps: bool = False,
-            precision: str = "auto",
+            tta: bool = False, scale: float | None = None, diameter: float | None = None,
+            return_maps: bool = False, precision: str = "auto",
             normalize: tuple[float, float] | None = NORMALIZE) -> list[SegmentResult]:
     """Segment images with a flowseg model.
 
@@ -618,11 +737,18 @@ def segment(images: Sequence[np.ndarray], model: Model, *, batch_size: int = 8,
         and blended. ``0`` or ``None`` runs each image whole (untiled).
     tta : bool
         Average the four flips of each tile (4x the network cost).
-    scale : float
+    scale : float, optional
         Resize factor applied to each image before the network (the network's maps are resized
         back, so labels always have the image's size). A network sees cells best at the size it
-        was trained on: with cells twice that diameter, use 0.5 (the model card gives the
-        training cell sizes). ``min_size`` and ``niter`` stay in the image's own pixels.
+        was trained on: with cells twice that diameter, use 0.5. ``min_size`` and ``niter`` stay
+        in the image's own pixels.
+    diameter : float, optional
+        Mean cell diameter in the images, in pixels: sets ``scale = model diameter / diameter``
+        (cellpose's rule; the model's training diameter is ``model_size(model).diameter``).
+        With neither ``scale`` nor ``diameter``, each image's cell size is estimated (one extra
+        encoder pass at half resolution; :func:`choose_scales`) and images whose cells look
+        more than 25 % larger or smaller than the training cells are resized; the choice is in
+        ``SegmentResult.scale`` and ``.diameter``.
     return_maps : bool
         Keep the predicted flows and cell-probability logits in the results.
     precision : {"auto", "bf16", "fp32"}
@@ -649,7 +775,11 @@ def segment(images: Sequence[np.ndarray], model: Model, *, batch_size: int = 8,
     images = _check_images(images, model.model_config.in_channels)
     if not images:
         return []
-    maps = predict_maps(images, model, batch_size=batch_size, tile=tile, tta=tta, scale=scale,
+    scales, diameters = choose_scales(images, model, scale=scale, diameter=diameter,
+                                      precision=precision, normalize=normalize)
+    maps = predict_maps(images, model, batch_size=batch_size, tile=tile, tta=tta, scale=scales,
                         precision=precision, normalize=normalize)
-    return segment_maps(maps, model.class_names, config=config, batch_size=batch_size,
-                        return_maps=return_maps)
+    results = segment_maps(maps, model.class_names, config=config, batch_size=batch_size,
+                           return_maps=return_maps)
+    return [dataclasses.replace(r, scale=f, diameter=d)
+            for r, f, d in zip(results, scales, diameters)]

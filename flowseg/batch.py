@@ -312,11 +312,12 @@ def segment_files(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike
     ------
     ValueError
         Before any image is read: duplicate image names, an ``out_dir`` that is a file, a
-        ``config.tile`` the model cannot take; a model file that is not one (InputError).
+        ``config.tile`` the model cannot take, ``config.diameter`` for a model that records no
+        training diameter; a model file that is not one (InputError).
     """
     from tqdm.auto import tqdm
 
-    from flowseg.api import check_tile, load_model
+    from flowseg.api import check_tile, choose_scales, load_model
     from flowseg.io.folders import check_out_folder
 
     config = BatchConfig() if config is None else config
@@ -330,6 +331,8 @@ def segment_files(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike
     model = load_model(model_path, device="cpu" if client is not None else config.device)
     check_tile(config.tile, size_multiple=model.model_config.size_multiple)
     config.segment_config(model)  # unknown cell types or values fail here, before any image
+    if config.diameter is not None:  # a model without a training diameter fails here
+        choose_scales([], model, diameter=config.diameter)
     out.mkdir(parents=True, exist_ok=True)
     chunks = [paths[i:i + config.chunk] for i in range(0, len(paths), config.chunk)]
     with tqdm(total=len(paths), unit="img", disable=not progress) as bar:

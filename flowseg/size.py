@@ -7,8 +7,9 @@ diameter of their cells can ask for it (``segment(diameter=PX)``: resize factor
 ``model diameter / PX``, cellpose's rule). Without a diameter, a :class:`SizeModel` estimates
 the *zoom* of each image: how much larger its cells look than those of training images of the
 same kind (a ridge regression of ``log zoom`` on the network's style vector of the image
-downsampled by ``low_res``, one encoder pass at a quarter of the pixels; the styles of the two
-deepest encoder levels halve the error of the deepest alone). The image is then
+downsampled by ``low_res``, one encoder pass at a quarter of the pixels: the means and standard
+deviations of every encoder level, averaged over tiles of 64 x 64 so that the estimate does
+not depend on the image's size). The image is then
 resized by ``1 / zoom`` -- unless the zoom is within ``tolerance`` of 1, where the network
 already sees sizes it was trained on and the image is left as it is.
 
@@ -118,6 +119,11 @@ class SizeModel:
         Images are downsampled by this factor before the style pass.
     levels : int
         Encoder levels whose styles are regressed (``UNet.level_styles``; 1 = the style vector).
+    spread : bool
+        Also the levels' standard deviations (``UNet.level_styles(spread=True)``).
+    tile : int or None
+        The style of an image is the mean over tiles of this side (pixels after ``low_res``),
+        so that crops and whole fields of view are estimated alike; None: the whole image.
     tolerance : float
         Estimated zooms within ``[1 / tolerance, tolerance]`` leave the image unresized.
     fit_error : float
@@ -131,7 +137,9 @@ class SizeModel:
     coef: tuple[float, ...] = ()
     intercept: float = 0.0
     low_res: float = 0.5
-    levels: int = 2
+    levels: int = 4
+    spread: bool = True
+    tile: int | None = 64
     tolerance: float = 1.25
     fit_error: float = math.nan
     zoom_range: tuple[float, float] = (1 / 3, 3.0)
@@ -164,9 +172,11 @@ class SizeModel:
 
     def scale(self, zoom: float) -> float:
         """Resize factor for an image of estimated ``zoom``: 1 within the tolerance, else
-        ``1 / zoom`` bounded to :data:`SCALE_LIMITS`."""
+        ``1 / zoom`` with the zoom bounded to ``zoom_range`` (the regression knows nothing
+        beyond it) and the factor to :data:`SCALE_LIMITS`."""
         if 1 / self.tolerance <= zoom <= self.tolerance:
             return 1.0
+        zoom = float(np.clip(zoom, *self.zoom_range))
         return float(np.clip(1.0 / zoom, *SCALE_LIMITS))
 
     def to_dict(self) -> dict[str, Any]:
@@ -218,7 +228,9 @@ def choose_alpha(x: np.ndarray, y: np.ndarray, groups: np.ndarray, *,
 
 def fit_size_model(styles: np.ndarray, zooms: np.ndarray, *, diameter: float,
                    class_diameters: Mapping[str, float] | None = None, low_res: float = 0.5,
-                   levels: int = 2, tolerance: float = 1.25, alpha: float | None = None,
+                   levels: int = 4, spread: bool = True, tile: int | None = 64,
+                   tolerance: float = 1.25,
+                   alpha: float | None = None,
                    groups: np.ndarray | None = None,
                    check: tuple[np.ndarray, np.ndarray] | None = None,
                    zoom_range: Sequence[float] = (1 / 3, 3.0)) -> SizeModel:
@@ -231,7 +243,7 @@ def fit_size_model(styles: np.ndarray, zooms: np.ndarray, *, diameter: float,
         ``low_res``.
     zooms : (N,) ndarray of float
         The zoom applied to each (> 0).
-    diameter, class_diameters, low_res, levels, tolerance
+    diameter, class_diameters, low_res, levels, spread, tile, tolerance
         Stored as given (see :class:`SizeModel`).
     alpha : float, optional
         Ridge penalty (see :func:`fit_ridge`); None: chosen from :data:`ALPHAS` by
@@ -250,7 +262,8 @@ def fit_size_model(styles: np.ndarray, zooms: np.ndarray, *, diameter: float,
                              np.arange(len(zooms)) if groups is None else groups)
     coef, intercept = fit_ridge(styles, np.log(zooms), alpha=alpha)
     model = SizeModel(diameter=diameter, class_diameters=class_diameters or {}, coef=tuple(coef),
-                      intercept=intercept, low_res=low_res, levels=levels, tolerance=tolerance,
+                      intercept=intercept, low_res=low_res, levels=levels, spread=spread, tile=tile,
+                      tolerance=tolerance,
                       zoom_range=tuple(zoom_range))
     check_styles, check_zooms = check if check is not None else (styles, zooms)
     error = np.abs(np.log(model.zooms(check_styles)) - np.log(np.asarray(check_zooms)))

@@ -62,6 +62,18 @@ class StackResult:
         """Number of cells N."""
         return len(self.cell_types)
 
+    @property
+    def scale(self) -> float:
+        """Median over the planes of the resize factor each was segmented at."""
+        return float(np.median([p.scale for p in self.planes]))
+
+    @property
+    def diameter(self) -> float | None:
+        """Median over the planes of ``SegmentResult.diameter`` (None when the model records
+        no diameter)."""
+        values = [p.diameter for p in self.planes if p.diameter is not None]
+        return float(np.median(values)) if values else None
+
 
 def _check_threshold(threshold: object) -> float:
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):

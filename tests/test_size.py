@@ -58,7 +58,8 @@ def test_size_model_estimates_the_zoom_it_was_fitted_on():
     assert size.fit_error < 0.05
     assert size.scale(1.1) == 1.0 and size.scale(1 / 1.2) == 1.0  # within the tolerance
     assert size.scale(2.0) == 0.5
-    assert size.scale(100.0) == SCALE_LIMITS[0]
+    assert size.scale(100.0) == 1 / 3  # the zoom is bounded to the fitted range
+    assert SizeModel(diameter=1.0, zoom_range=(0.1, 10)).scale(100.0) == SCALE_LIMITS[0]
 
 
 def test_size_model_round_trips_and_refuses_bad_values():

@@ -4,9 +4,11 @@ Usage::
 
     evaluate --truth train.csv|MASKS_DIR --pred MASKS_DIR|submission.csv --out REPORT_DIR [--ids DIR|FILE] [--quiet]
     evaluate tune --model M.pt --data VALDIR (--out M_tuned.pt | --in-place) [...]
+    evaluate size --model M.pt --data DATADIR (--out M_sized.pt | --in-place) [...]
 
 The ``tune`` subcommand (first argument ``tune``) is :mod:`flowseg.cli.tune`: per-cell-type
-thresholds tuned on validation images and stored in the model file.
+thresholds tuned on validation images and stored in the model file. The ``size`` subcommand
+(:mod:`flowseg.cli.size`) fits the model's cell-size estimate on its training images.
 
 Truth is a competition ``train.csv`` (instances scored as given, overlaps included) or a
 Cellpose-style folder (``<name>_masks.tif`` beside ``<name>.tif``, optional
@@ -222,6 +224,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from flowseg.cli import tune
 
         return tune.main(argv[1:])
+    if argv[:1] == ["size"]:
+        from flowseg.cli import size
+
+        return size.main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging(args.quiet)
     check_out_folder(args.out)

@@ -2,6 +2,7 @@
 
     flowseg-segment --demo --out DIR          # the shipped samples with the shipped model
     flowseg-segment IMAGES...|DIR [--model PATH [--model PATH2 ...]] --out DIR [--tta] [--overlay]
+                    [--diameter PX | --scale F]
                     [--save-seg] [--save-rois] [--save-outlines] [--save-png] [--save-flows]
                     [--save-coco] [--channel N] [--stitch-threshold 0.25]
                     [--cellprob-threshold X|TYPE:X,...] [--flow-threshold ...] [--min-size ...]
@@ -20,6 +21,9 @@ any image is segmented (bad option, model file, ``--out`` that is a file).
 (``local``: a cluster of ``--workers`` processes on this machine); see :mod:`flowseg.batch`.
 A colour or multichannel image is segmented on the channel that ``--channel`` picks; a
 z-stack plane by plane, its cells linked across planes (``--stitch-threshold``).
+Without ``--diameter`` or ``--scale`` each image's cell size is estimated (the model's size
+model, :mod:`flowseg.size`) and images whose cells look more than 25 % larger or smaller than
+the model's training cells are resized; the table shows each image's scale and diameter.
 """
 
 from __future__ import annotations
@@ -139,9 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "--out ENS.pt)")
     p.add_argument("--out", required=True, help="output folder for <name>_masks.tif (and overlays)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation (4x network cost)")
-    p.add_argument("--scale", type=float, default=1.0,
-                   help="resize images by this factor before the network, e.g. 0.5 for cells twice "
-                        "the diameter of the model's training cells (masks keep the image size)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--diameter", type=float, default=None,
+                      help="mean cell diameter in the images, in pixels: images are resized by "
+                           "the model's training diameter / DIAMETER (default: estimated per "
+                           "image; the choice is in each image's record)")
+    size.add_argument("--scale", type=float, default=None,
+                      help="resize images by this factor before the network, e.g. 0.5 for cells "
+                           "twice the diameter of the model's training cells (masks keep the "
+                           "image size; default: estimated per image)")
     p.add_argument("--overlay", action="store_true", help="also write <name>_overlay.png (outlines by cell type)")
     p.add_argument("--submission", default=None, help="also write a competition submission CSV here")
     p.add_argument("--batch-size", type=int, default=8, help="network tiles per forward pass")
@@ -193,16 +203,28 @@ def find_images(inputs: Sequence[str]) -> list[Path]:
     return list(dict.fromkeys(paths))
 
 
-def print_summary(rows: list[tuple[str, str, Counter]], class_names: Sequence[str]) -> None:
-    """Cells per image (by type) and totals per type, as a table on stdout."""
+def _size_text(scale: float | None, diameter: float | None) -> str:
+    if scale is None:
+        return f"{'-':>7} {'-':>8}"
+    return f"{scale:>7.3g} " + (f"{'-':>8}" if diameter is None else f"{diameter:>8.1f}")
+
+
+def print_summary(rows: list[tuple], class_names: Sequence[str]) -> None:
+    """Cells per image (by type), the scale each was segmented at and the cell diameter (px)
+    it corresponds to, and totals per type, as a table on stdout.
+
+    ``rows``: ``(name, image_type, counts)`` or ``(name, image_type, counts, scale, diameter)``.
+    """
     names = list(class_names)
     width = max([len("image")] + [len(r[0]) for r in rows])
-    print(f"{'image':<{width}}  {'type':<10} {'cells':>6}  " + " ".join(f"{n:>8}" for n in names))
+    print(f"{'image':<{width}}  {'type':<10} {'cells':>6}  " + " ".join(f"{n:>8}" for n in names)
+          + f"  {'scale':>7} {'diameter':>8}")
     total = Counter()
-    for name, image_type, counts in rows:
+    for name, image_type, counts, *size in rows:
         total.update(counts)
         print(f"{name:<{width}}  {image_type:<10} {sum(counts.values()):>6}  "
-              + " ".join(f"{counts.get(n, 0):>8}" for n in names))
+              + " ".join(f"{counts.get(n, 0):>8}" for n in names)
+              + "  " + _size_text(*(size or (None, None))))
     print(f"{'total':<{width}}  {'':<10} {sum(total.values()):>6}  "
           + " ".join(f"{total.get(n, 0):>8}" for n in names))
 
@@ -263,7 +285,8 @@ def batch_config(args: argparse.Namespace) -> BatchConfig:
 
     return BatchConfig(device=args.device, batch_size=args.batch_size,
                        tile=DEFAULT_TILE if args.tile is None else args.tile, tta=args.tta,
-                       scale=args.scale, overlay=args.overlay, chunk=args.chunk,
+                       scale=args.scale, diameter=args.diameter, overlay=args.overlay,
+                       chunk=args.chunk,
                        worker_threads=_worker_threads(args), precision=args.precision,
                        save=tuple(k for k in SAVE_OPTIONS if getattr(args, f"save_{k}")),
                        segment=segment_overrides(args),
@@ -301,7 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ok = [o for o in result.outcomes if o.status != "failed"]
     if args.submission:
         _write_submission(args.submission, out, [o.name for o in ok])
-    print_summary([(o.name, o.cell_type, Counter(o.counts)) for o in ok], result.class_names)
+    print_summary([(o.name, o.cell_type, Counter(o.counts), o.scale, o.diameter) for o in ok],
+                  result.class_names)
     skipped = len(result.with_status("skipped"))
     print(f"{len(ok) - skipped} segmented, {skipped} skipped (complete), "
           f"{len(result.failed)} failed")

@@ -321,6 +321,20 @@ def _load_pseudo(args: argparse.Namespace, train_config: TrainConfig, class_name
     return pseudo
 
 
+def _fit_size(model: Model, train_items: list[Sample], val_items: list[Sample], out: Path) -> None:
+    """Fit the size model (:mod:`flowseg.training.size_fit`) of the run's final model and store
+    it in ``best.pt`` (or ``last.pt`` without validation; its training state is kept)."""
+    from flowseg.model.checkpoint import load_train_state, save_model
+    from flowseg.training.size_fit import attach_size_model, fit_model_size
+
+    size = fit_model_size(model, train_items, val_items)
+    attach_size_model(model, size)
+    if val_items:
+        save_model(out / "best.pt", model)
+    else:
+        save_model(out / "last.pt", model, train_state=load_train_state(out / "last.pt"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the program; returns the exit code."""
     from flowseg.data.dataset import class_names_of
@@ -351,6 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = fit(train_items, val_items, train_config, model_config, args.out,
                     resume=args.resume, progress=not args.quiet, init=init,
                     pseudo_items=pseudo_items)
+    if env.rank == 0:
+        _fit_size(model, train_items, val_items, args.out)
     if val_items:
         log.info("done: %s (val score %s)", args.out / "best.pt", model.metadata.get("val_score"))
     else:

@@ -72,10 +72,10 @@ class EnsembleNet(nn.Module):
         return NetOutput(flows=flows.to(dtype), cellprob=cellprob.to(dtype),
                          class_logits=class_logits)
 
-    def level_styles(self, x: torch.Tensor, levels: int = 1) -> torch.Tensor:
+    def level_styles(self, x: torch.Tensor, levels: int = 1, spread: bool = False) -> torch.Tensor:
         """The first network's style vectors (``UNet.level_styles``): the ensemble estimates
         cell sizes with its first member's size model (:func:`ensemble`)."""
-        return self.nets[0].level_styles(x, levels)
+        return self.nets[0].level_styles(x, levels, spread)
 
 
 def members(model: Model) -> tuple[Model, ...]:

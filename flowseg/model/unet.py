@@ -146,20 +146,46 @@ class UNet(nn.Module):
             return None
         return F.normalize(deepest.mean(dim=(2, 3)), dim=1, eps=1e-6)
 
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` padded (edge replication) to a multiple of ``config.size_multiple``."""
+        m = self.config.size_multiple
+        pad_h, pad_w = -x.shape[-2] % m, -x.shape[-1] % m
+        return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else x
+
+    def level_styles(self, x: torch.Tensor, levels: int = 1, spread: bool = False) -> torch.Tensor:
+        """Style vectors of the deepest ``levels`` encoder levels of ``x`` (B, C, H, W), each
+        the L2-normalised global mean of the level's features (and, with ``spread``, the
+        L2-normalised global standard deviation after it), concatenated deepest last:
+        ``(B, sum(widths[-levels:]) * (2 if spread else 1))``. ``levels=1`` without spread is
+        the network's style vector (for any model, with or without ``config.style``). The
+        encoder only: about half the cost of :meth:`forward`."""
+        if not 1 <= levels <= len(self.encoder):
+            raise ValueError(f"levels: expected 1..{len(self.encoder)}, got {levels!r}")
+        self._check_input(x)
+        x = self._pad(x)
+        styles = []
+        for i, level in enumerate(self.encoder):
+            x = level(F.max_pool2d(x, 2) if i else x)
+            if i >= len(self.encoder) - levels:
+                styles.append(F.normalize(x.mean(dim=(2, 3)), dim=1, eps=1e-6))
+                if spread:
+                    styles.append(F.normalize(x.float().std(dim=(2, 3)), dim=1, eps=1e-6).to(x.dtype))
+        return torch.cat(styles, dim=1)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
+            raise ValueError(f"x: expected shape (B, {self.config.in_channels}, H, W), "
+                             f"got {tuple(x.shape)}")
+
     def forward(self, x: torch.Tensor, *, class_grad: float = 1.0) -> NetOutput:
         """Run the network on ``x`` (B, C, H, W) float32; see :class:`NetOutput`.
 
         ``class_grad`` in [0, 1] scales the gradient that the class logits pass into the shared
         features and the style (and the head's BatchNorm); the outputs themselves do not depend on it.
         """
-        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
-            raise ValueError(f"x: expected shape (B, {self.config.in_channels}, H, W), "
-                             f"got {tuple(x.shape)}")
+        self._check_input(x)
         h, w = x.shape[-2:]
-        m = self.config.size_multiple
-        pad_h, pad_w = -h % m, -w % m
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        x = self._pad(x)
         skips = []
         for i, level in enumerate(self.encoder):
             x = level(F.max_pool2d(x, 2) if i else x)

@@ -1,9 +1,10 @@
 """Fitting a model's size model (:class:`flowseg.size.SizeModel`) on its training images.
 
 The training masks give the model's diameter (median instance diameter, overall and per cell
-type). For the zoom regression, each of up to ``max_images`` training images is resized by
-``zooms_per_image`` random zooms (log-uniform over ``zoom_range``); the style vector of each
-(after the size model's ``low_res`` downsampling) is regressed on ``log zoom``. Validation
+type). For the zoom regression, each of up to ``max_images`` training images gives
+``zooms_per_image`` random crops (from ``min_crop`` px to the whole image) resized by random
+zooms (log-uniform over ``zoom_range``); the style vector of each (after the size model's
+``low_res`` downsampling) is regressed on ``log zoom``. Validation
 images at fixed zooms measure the error (``SizeModel.fit_error``).
 
 This is how cellpose fits its size model (style vectors of rescaled training images, ridge
@@ -24,7 +25,7 @@ from flowseg.model.checkpoint import Model
 from flowseg.size import SIZE_MODEL_KEY, SizeModel, fit_size_model, label_diameters
 
 __all__ = ["CHECK_ZOOMS", "SizeFitConfig", "attach_size_model", "fit_model_size",
-           "training_diameters"]
+           "random_crop", "training_diameters"]
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,12 @@ class SizeFitConfig:
     zooms_per_image : int
     max_images : int
         Training images used (an even spread over the set; the cost is one encoder pass each).
+    min_crop : int
+        Each training image is cropped at random, sides from ``min_crop`` to the whole image
+        (in zoomed pixels), so that crops and whole fields of view are estimated alike.
     max_check_images : int
-    low_res, levels, tolerance
-        See :class:`flowseg.size.SizeModel`.
+    low_res, levels, spread, tile, tolerance
+        See :class:`flowseg.size.SizeModel`; ``levels`` None: every encoder level.
     alpha : float or None
         Ridge penalty; None: chosen by cross-validation over the images
         (:func:`flowseg.size.choose_alpha`).
@@ -58,8 +62,11 @@ class SizeFitConfig:
     zooms_per_image: int = 3
     max_images: int = 200
     max_check_images: int = 30
+    min_crop: int = 96
     low_res: float = 0.5
-    levels: int = 2
+    levels: int | None = None
+    spread: bool = True
+    tile: int | None = 64
     tolerance: float = 1.25
     alpha: float | None = None
     seed: int = 0
@@ -69,7 +76,7 @@ class SizeFitConfig:
         low, high = self.zoom_range
         if not 0 < low < 1 < high:
             raise ValueError(f"zoom_range: expected (low, high) with 0 < low < 1 < high, got {self.zoom_range}")
-        for name in ("zooms_per_image", "max_images", "max_check_images"):
+        for name in ("zooms_per_image", "max_images", "max_check_images", "min_crop"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected a positive int, got {getattr(self, name)!r}")
 
@@ -98,6 +105,22 @@ def _spread(samples: Sequence[Sample], n: int) -> list[Sample]:
     return [with_cells[int(i)] for i in np.linspace(0, len(with_cells) - 1, n)]
 
 
+def random_crop(image: np.ndarray, zoom: float, min_crop: int,
+                rng: np.random.Generator) -> np.ndarray:
+    """A random crop of ``image`` (C, H, W) whose sides, once zoomed by ``zoom``, are drawn
+    uniformly from ``[min_crop, zoomed side]`` (the whole image when that is smaller): the
+    estimate must not depend on how much of a field of view the user's image shows."""
+    out = []
+    for n in image.shape[-2:]:
+        zoomed = n * zoom
+        side = zoomed if zoomed <= min_crop else rng.uniform(min_crop, zoomed)
+        out.append(min(n, max(1, round(side / zoom))))
+    h, w = out
+    top = int(rng.integers(0, image.shape[-2] - h + 1))
+    left = int(rng.integers(0, image.shape[-1] - w + 1))
+    return image[..., top:top + h, left:left + w]
+
+
 def fit_model_size(model: Model, train: Sequence[Sample], check: Sequence[Sample] = (), *,
                    config: SizeFitConfig = SizeFitConfig()) -> SizeModel:
     """Measure the training diameter and fit the zoom regression on ``model``'s styles.
@@ -113,24 +136,30 @@ def fit_model_size(model: Model, train: Sequence[Sample], check: Sequence[Sample
     config : SizeFitConfig
     """
     diameter, class_diameters = training_diameters(train)
+    levels = config.levels or len(model.model_config.widths)
     rng = np.random.default_rng(config.seed)
     chosen = _spread(train, config.max_images)
     low, high = np.log(config.zoom_range)
     zooms = np.exp(rng.uniform(low, high, (len(chosen), config.zooms_per_image)))
-    images = [s.image for s in chosen for _ in range(config.zooms_per_image)]
+    images = [random_crop(s.image, z, config.min_crop, rng)
+              for s, zs in zip(chosen, zooms) for z in zs]
+    # Each crop is normalised on its own percentiles, as segment() normalises a user's image.
     styles = image_styles(images, model, factors=list(zooms.ravel() * config.low_res),
-                          levels=config.levels, precision=config.precision, normalize=None)
+                          levels=levels, spread=config.spread, tile=config.tile,
+                          precision=config.precision)
     checked = None
     check = _spread(check, config.max_check_images)
     if check:
         check_zooms = np.array([z for _ in check for z in CHECK_ZOOMS])
         check_images = [s.image for s in check for _ in CHECK_ZOOMS]
         checked = (image_styles(check_images, model, factors=list(check_zooms * config.low_res),
-                                levels=config.levels, precision=config.precision,
-                                normalize=None), check_zooms)
+                                levels=levels, spread=config.spread, tile=config.tile,
+                                precision=config.precision), check_zooms)
     size = fit_size_model(styles, zooms.ravel(), diameter=diameter,
                           class_diameters=class_diameters, low_res=config.low_res,
-                          levels=config.levels, tolerance=config.tolerance, alpha=config.alpha,
+                          levels=levels, spread=config.spread, tile=config.tile,
+                          tolerance=config.tolerance,
+                          alpha=config.alpha,
                           groups=np.repeat(np.arange(len(chosen)), config.zooms_per_image),
                           check=checked,
                           zoom_range=config.zoom_range)

@@ -291,3 +291,32 @@ def test_two_model_flags_segment_with_their_ensemble(inputs, tmp_path, capsys):
     assert "0 segmented, 5 skipped" in capsys.readouterr().out
     assert main([*good, "--model", str(model), "--out", str(out), *options]) == 0
     assert "5 segmented, 0 skipped" in capsys.readouterr().out  # another model: redone
+
+
+def test_diameter_sets_the_scale_and_each_record_keeps_the_choice(inputs, tmp_path, capsys):
+    from flowseg.model.checkpoint import load_model, save_model
+    from flowseg.size import SizeModel
+    from flowseg.training.size_fit import attach_size_model
+
+    model, paths = inputs
+    sized = tmp_path / "sized.pt"
+    save_model(sized, attach_size_model(load_model(model), SizeModel(diameter=12.0)))
+    out = tmp_path / "out"
+    assert main([str(paths[0]), "--model", str(sized), "--out", str(out), "--device", "cpu",
+                 "--diameter", "24"]) == 0
+    record = json.loads((out / ".flowseg" / "img0.json").read_text())
+    assert record["scale"] == 0.5 and record["diameter"] == 24.0
+    assert record["settings"]["diameter"] == 24.0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[-2:] == ["scale", "diameter"]
+    assert table[1].split()[-2:] == ["0.5", "24.0"]
+    # Without --diameter or --scale, a model that cannot estimate sizes runs at scale 1.
+    assert main([str(paths[0]), "--model", str(model), "--out", str(tmp_path / "o2"),
+                 "--device", "cpu", "--quiet"]) == 0
+    assert json.loads((tmp_path / "o2" / ".flowseg" / "img0.json").read_text())["scale"] == 1.0
+    # --diameter needs a model that records its training diameter; not both size options.
+    assert run_main("flowseg-segment", main, [str(paths[0]), "--model", str(model), "--out",
+                                               str(tmp_path / "o3"), "--diameter", "20"]) == 2
+    assert "records no training cell diameter" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(paths[0]), "--out", str(tmp_path / "o4"), "--diameter", "20", "--scale", "1"])

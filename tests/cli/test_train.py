@@ -7,7 +7,8 @@ import torch
 from flowseg.cli._common import run_main
 from flowseg.cli.train import main
 from flowseg.io.folders import write_cell_types, write_folder_item
-from flowseg.model.checkpoint import load_model
+from flowseg.api import model_size
+from flowseg.model.checkpoint import load_model, load_train_state
 from flowseg.synthetic import make_synthetic
 
 TINY = ["--epochs", "1", "--batch-size", "2", "--crop", "32", "--widths", "8,16", "--device", "cpu",
@@ -40,6 +41,8 @@ def test_trains_end_to_end_on_prepared_folder(prepared, tmp_path):
     model = load_model(out / "best.pt")
     assert model.class_names == ("round", "spindly")
     assert model.model_config.widths == (8, 16)
+    size = model_size(model)  # fitted at the end of the run
+    assert size.can_estimate and set(size.class_diameters) == {"round", "spindly"}
     with open(out / "history.csv", newline="") as handle:
         assert len(list(csv.DictReader(handle))) == 1
     # Continue the finished run for one more epoch, with the stored settings.
@@ -59,6 +62,8 @@ def test_single_folder_without_val_keeps_last_only(tmp_path, capsys):
     assert "no validation folder" in err
     assert "epoch 1: loss" in err and "nan" not in err
     assert load_model(out / "last.pt").class_names == ("round",)
+    assert model_size(load_model(out / "last.pt")) is not None
+    assert load_train_state(out / "last.pt")["epoch"] == 1  # still resumable
 
 
 def test_refuses_non_empty_out_without_resume_or_overwrite(prepared, tmp_path, capsys):

@@ -154,10 +154,10 @@ def test_an_ensemble_exports_as_one_network(tmp_path, images):
 def test_an_ensemble_estimates_cell_sizes_as_its_first_member():
     first, second = _model(0), _model(1)
     first.metadata[SIZE_MODEL_KEY] = {"diameter": 12.0}
-    first.net.level_styles = lambda x, levels=1: torch.full((len(x), 3), float(levels))
+    first.net.level_styles = lambda x, levels=1, spread=False: torch.full((len(x), 3), float(levels) + spread)
     model = ensemble([first, second])
     assert model.metadata[SIZE_MODEL_KEY] == {"diameter": 12.0}
-    assert torch.equal(model.net.level_styles(torch.zeros(2, 1, 16, 16), 2), torch.full((2, 3), 2.0))
+    assert torch.equal(model.net.level_styles(torch.zeros(2, 1, 16, 16), 2, True), torch.full((2, 3), 3.0))
     # the ensemble's own (e.g. from its file) wins; a first member without styles gives none
     assert ensemble([first, second], metadata={SIZE_MODEL_KEY: {"diameter": 9.0}}
                     ).metadata[SIZE_MODEL_KEY] == {"diameter": 9.0}
