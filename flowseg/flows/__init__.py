@@ -14,10 +14,15 @@ euler_steps(positions, flows, *, niter, step=1.0)
     Continuous bilinear flow following (``grid_sample``, ``align_corners=True``).
 fill_holes(labels)
     Fill background regions enclosed by one instance, for a batch at once.
+kernels_ready(*, wait=0.0), compile_kernels()
+    Whether the numba kernels of the CPU route are compiled (they compile in a background
+    process on a new machine; the CPU takes the torch route meanwhile), and compiling them now.
 """
 
+from flowseg.flows._warmup import compile_kernels, kernels_ready
 from flowseg.flows.follow import euler_steps
 from flowseg.flows.masks import fill_holes, flow_error, flows_to_labels
 from flowseg.flows.targets import labels_to_flows
 
-__all__ = ["euler_steps", "fill_holes", "flow_error", "flows_to_labels", "labels_to_flows"]
+__all__ = ["compile_kernels", "euler_steps", "fill_holes", "flow_error", "flows_to_labels",
+           "kernels_ready", "labels_to_flows"]

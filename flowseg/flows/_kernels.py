@@ -6,10 +6,17 @@ pixel are one ``uint8`` bit mask: bit ``k`` is set when the 8-neighbour in direc
 ``RING[k]`` is inside the image and has the same non-zero label. The torch route
 (:mod:`flowseg.flows.targets`, :mod:`flowseg.flows.masks`) computes the same quantities with
 tensor operations; the tests compare the two. Compiled code is cached on disk (``cache=True``;
-where, when numba's own folders are read-only: :mod:`flowseg.flows._numba_cache`), so only the
-first call after installation pays the compile time (measured on the shared
-2-core machine: ~7 s for the targets kernels, ~7 s more for the labelling ones; ~0.05 s to
-load them from the cache afterwards).
+where, when numba's own folders are read-only: :mod:`flowseg.flows._numba_cache`), so it is
+compiled once per machine, by default in a background process while the first run takes the
+torch route (:mod:`flowseg.flows._warmup`); loading all kernels from the cache takes ~0.5 s.
+
+Compile time is kept down (``benchmarks/cold_start.py``: 26 s of CPU for the segment path
+before, ~19 s after): each public kernel has one argument type signature (``signature=`` of
+:func:`~flowseg.flows._numba_cache.kernel`; callers pass C-contiguous arrays of exactly these
+dtypes, labels as int64), and the kernels use plain loops where numpy's compiled
+implementations cost seconds each to compile (``np.flatnonzero``, ``np.searchsorted``, fancy
+and slice assignment, whose error messages pull in numba's string formatting, a typed dict,
+array arithmetic, ``.max()``, ``np.full``).
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from numba import types
 
 from flowseg.flows._numba_cache import kernel
 from flowseg.flows.follow import RING
@@ -39,8 +48,18 @@ SECTOR_LIMITS = (float(np.float32(math.pi / 8 - math.radians(_TIE_MARGIN))),
                  float(np.float32(math.pi / 8 - math.radians(_SNAP_MARGIN))))
 _TIE, _SNAP = SECTOR_LIMITS
 
+# The one argument type signature of each public kernel (C-contiguous arrays, int64 scalars):
+# callers pass exactly these, so every kernel compiles once and :mod:`flowseg.flows._warmup`
+# can compile and cache all of them ahead of use.
+_I64, _F64 = types.int64, types.float64
+_BOOL_1D, _BOOL_3D = types.Array(types.boolean, 1, "C"), types.Array(types.boolean, 3, "C")
+_U8_1D = types.Array(types.uint8, 1, "C")
+_I32_1D, _I32_3D = types.Array(types.int32, 1, "C"), types.Array(types.int32, 3, "C")
+_I64_1D, _I64_3D = types.Array(types.int64, 1, "C"), types.Array(types.int64, 3, "C")
+_F32_4D, _F64_1D = types.Array(types.float32, 4, "C"), types.Array(types.float64, 1, "C")
 
-@kernel
+
+@kernel(signature=(_I64_3D,))
 def same_label_neighbours(labels):
     """(B, H, W) int labels -> (B * H * W,) uint8 masks of the same-label 8-neighbours."""
     nb, h, w = labels.shape
@@ -60,23 +79,25 @@ def same_label_neighbours(labels):
     return out
 
 
-@kernel
+@kernel(signature=(_I64_1D, _I64, _I64, _I64, _I64))
 def centre_pixels(labels, top, n, h, w):
     """Per id 0..n-1 the flat index of its pixel nearest its centroid (first in raster order
     on ties), -1 for absent ids. Pixel ``p`` of image ``b`` with ``labels[p] > 0`` (flat
     (B * H * W,)) has id ``b * top + labels[p]``."""
-    count, sy, sx = np.zeros(n), np.zeros(n), np.zeros(n)
+    count, cy, cx = np.zeros(n, np.float64), np.zeros(n, np.float64), np.zeros(n, np.float64)
     for b in range(labels.size // (h * w)):
         for y in range(h):
             for x in range(w):
                 v = labels[(b * h + y) * w + x]
                 if v > 0:
                     count[b * top + v] += 1.0
-                    sy[b * top + v] += y
-                    sx[b * top + v] += x
-    cy, cx = sy / count, sx / count
-    best = np.full(n, np.inf)
-    first = np.full(n, -1, dtype=np.int64)
+                    cy[b * top + v] += y
+                    cx[b * top + v] += x
+    best, first = np.empty(n, np.float64), np.empty(n, np.int64)
+    for i in range(n):
+        if count[i] > 0:                          # (absent ids: no pixel reads them)
+            cy[i], cx[i] = cy[i] / count[i], cx[i] / count[i]
+        best[i], first[i] = np.inf, -1
     for b in range(labels.size // (h * w)):
         for y in range(h):
             for x in range(w):
@@ -97,7 +118,7 @@ def _root(parent, p):
     return p
 
 
-@kernel
+@kernel(signature=(_U8_1D, _I64_1D, _I64))
 def piece_ids(nbr, labels, w):
     """8-connected same-label pieces: (B * H * W,) ids 1..K numbered in raster order of each
     piece's first pixel (0 outside cells, ``labels == 0``), and K."""
@@ -120,7 +141,7 @@ def piece_ids(nbr, labels, w):
     return ids, k
 
 
-@kernel
+@kernel(signature=(_I64_1D, _I64, _I64_1D, _I64, _I64))
 def largest_pieces(pieces, k, labels, top, hw):
     """(K + 1,) bool indexed by piece id: the largest piece of its cell (id ``b * top +
     label``; ties: the piece whose first pixel comes first); entry 0 is False."""
@@ -130,7 +151,7 @@ def largest_pieces(pieces, k, labels, top, hw):
         if pieces[p] > 0:
             size[pieces[p]] += 1
             cell[pieces[p]] = (p // hw) * top + labels[p]
-    best = np.zeros(cell.max() + 1, dtype=np.int64)
+    best = np.zeros(_max(cell) + 1, dtype=np.int64)
     for j in range(1, k + 1):
         best[cell[j]] = max(best[cell[j]], size[j])
     keep = np.zeros(k + 1, dtype=np.bool_)
@@ -142,16 +163,36 @@ def largest_pieces(pieces, k, labels, top, hw):
 
 
 @kernel
+def _max(values):
+    """Largest entry of a non-empty 1-D array (a loop: ``values.max()`` costs more to compile)."""
+    top = values[0]
+    for i in range(1, values.size):
+        top = max(top, values[i])
+    return top
+
+
+@kernel
+def _offsets(w):
+    """Flat offsets of the 8 neighbours in an image of width ``w`` (a loop: array arithmetic
+    costs more to compile)."""
+    offset = np.empty(8, dtype=np.int64)
+    for k in range(8):
+        offset[k] = _DY[k] * w + _DX[k]
+    return offset
+
+
+@kernel
 def _with_room(buf, used, extra):
     """``buf`` if it has room for ``extra`` more entries after ``used``, else a bigger copy."""
     if used + extra <= buf.size:
         return buf
     bigger = np.empty(max(2 * buf.size, used + extra), dtype=buf.dtype)
-    bigger[:used] = buf[:used]
+    for i in range(used):        # (a loop: slice assignment costs seconds to compile)
+        bigger[i] = buf[i]
     return bigger
 
 
-@kernel
+@kernel(signature=(_U8_1D, _I64_1D, _I64))
 def dial_distance(nbr, sources, w):
     """Exact shortest paths from ``sources`` over the same-label edges (weights 1, sqrt 2).
 
@@ -161,15 +202,18 @@ def dial_distance(nbr, sources, w):
     must lie in different cells (no path joins them). Returns
     (B * H * W,) float64 distances (inf where unreached) and the number of pixels reached.
     """
-    dist = np.full(nbr.size, np.inf)
+    dist = np.empty(nbr.size, dtype=np.float64)
+    for p in range(nbr.size):
+        dist[p] = np.inf
     done = np.zeros(nbr.size, dtype=np.bool_)
-    offset, steps = _DY * w + _DX, _STEPS.copy()
+    offset, steps = _offsets(w), _STEPS
     now, near, far = (np.empty(1024, dtype=np.int64), np.empty(1024, dtype=np.int64),
                       np.empty(1024, dtype=np.int64))
     reached = 0
+    none = nbr.size - nbr.size     # an int64 zero (a literal 0 would type _with_room twice)
     for s in sources:          # one source at a time: its pixels stay in cache (same result)
         dist[s], now[0] = 0.0, s
-        n_now, n_near, n_far, k = 1, 0, 0, 0
+        n_now, n_near, n_far, k = 1, none, none, 0
         while n_now + n_near + n_far > 0:
             near, far = _with_room(near, n_near, 8 * n_now), _with_room(far, n_far, 8 * n_now)
             for i in range(n_now):
@@ -227,7 +271,7 @@ def _envelope(f, v, z, out):
         out[q] = (q - v[j]) ** 2 + f[v[j]]
 
 
-@kernel
+@kernel(signature=(_F64_1D, _U8_1D, _I64, _I64, _I64, _F64))
 def subtract_inner_edt(values, nbr, nb, h, w, weight):
     """``values -= weight * edt`` in place, where ``edt`` is the Euclidean distance of every
     pixel to the nearest pixel that is not inner (``nbr != 255``: background, or a cell pixel
@@ -318,23 +362,26 @@ def _direction(diff, valid):
     det = ayy * axx - axy * axy
     vy, vx = (axy * bx - axx * by) / det, (axy * by - ayy * bx) / det
     if math.sqrt(vy * vy + vx * vx) <= 1e-6:
-        k = np.argmax(-diff / _STEPS)
+        k, best = 0, -diff[0] / _STEPS[0]      # np.argmax(-diff / _STEPS): the first maximum
+        for j in range(1, 8):
+            if -diff[j] / _STEPS[j] > best:
+                k, best = j, -diff[j] / _STEPS[j]
         vy, vx = float(_DY[k]), float(_DX[k])
     return vy, vx
 
 
-@kernel
+@kernel(signature=(_U8_1D, _F64_1D, _I64, _I64, _I64))
 def descent_flows(nbr, potential, nb, h, w):
     """Unit flows (B, 2, H, W) float32 down ``potential`` (flat float64) inside each cell."""
     flows = np.zeros((nb, 2, h * w), dtype=np.float32)
-    offset = _DY * w + _DX
+    offset = _offsets(w)
     table = _snapped_table()
     diff = np.empty(8)
     for b in range(nb):
         for yx in range(h * w):
             p = b * h * w + yx
             m, here = nbr[p], potential[p]
-            if m == 0 or not np.isfinite(here):
+            if m == 0 or not math.isfinite(here):
                 continue                           # no neighbour in the cell, or unreached
             down = 0
             for k in range(8):
@@ -365,21 +412,34 @@ def _shorter(fy, fx, limit):
 @kernel
 def _successors(flows, foreground, min_flow):
     """Foreground pixels (flat indices, ascending), each one's successor (int32 position in
-    that list), and where each image's pixels start; see :func:`flowseg.flows.follow.successors`."""
+    that list), and where each image's pixels start; see :func:`flowseg.flows.follow.successors`.
+    (Plain loops: ``np.flatnonzero``, ``np.searchsorted`` and fancy assignment cost seconds
+    to compile.)"""
     nb, h, w = foreground.shape
-    pixels = np.flatnonzero(foreground)
-    position = np.full(nb * h * w, -1, dtype=np.int32)
-    position[pixels] = np.arange(pixels.size, dtype=np.int32)
-    start = np.searchsorted(pixels, np.arange(nb + 1) * h * w)
-    succ = np.arange(pixels.size, dtype=np.int32)
-    for i in range(pixels.size):
+    flat = foreground.reshape(-1)
+    n = 0
+    for p in range(flat.size):
+        n += flat[p]
+    pixels, succ = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int32)
+    position = np.empty(flat.size, dtype=np.int32)
+    start = np.empty(nb + 1, dtype=np.int64)
+    i = 0
+    for b in range(nb):
+        start[b] = i
+        for p in range(b * h * w, (b + 1) * h * w):
+            position[p] = i if flat[p] else -1
+            if flat[p]:
+                pixels[i], succ[i] = p, i
+                i += 1
+    start[nb] = n
+    for i in range(n):
         b, yx = pixels[i] // (h * w), pixels[i] % (h * w)
         y, x = yx // w, yx % w
         fy, fx = float(flows[b, 0, y, x]), float(flows[b, 1, y, x])
         if _shorter(fy, fx, min_flow[b]):
             continue                               # a short flow: the pixel stays
         sector = math.atan2(fy, fx) / (math.pi / 4)
-        if not np.isfinite(sector):
+        if not math.isfinite(sector):
             continue                               # a NaN flow: the pixel stays
         nearest = int(np.rint(sector))
         side = 1 if sector >= nearest else -1
@@ -391,7 +451,7 @@ def _successors(flows, foreground, min_flow):
     return pixels, succ, start
 
 
-@kernel
+@kernel(signature=(_F32_4D, _BOOL_3D, _F64_1D, _I64_1D))
 def follow_flows(flows, foreground, min_flow, jumps):
     """Discrete flow following (see :mod:`flowseg.flows.follow`) with pointer jumping.
 
@@ -401,8 +461,8 @@ def follow_flows(flows, foreground, min_flow, jumps):
     nothing (every later round would repeat it).
     """
     pixels, cur, start = _successors(flows, foreground, min_flow)
-    nxt = np.empty_like(cur)
-    for j in range(jumps.max()):
+    nxt = np.empty(cur.size, dtype=np.int32)
+    for j in range(_max(jumps) if jumps.size else 0):
         changed = False
         for b in range(jumps.size):
             for i in range(start[b], start[b + 1]):
@@ -417,18 +477,23 @@ def follow_flows(flows, foreground, min_flow, jumps):
     return pixels, cur, sinks
 
 
-@kernel
+@kernel(signature=(_BOOL_3D,))
 def label_sparse(mask):
     """8-connected components of a sparse (B, H, W) bool mask, per image: int32 ids 1..K
     numbered in raster order of each component's first pixel over the batch (the numbering of
     ``scipy.ndimage.label``), 0 elsewhere. Union-find over the set pixels only."""
     nb, h, w = mask.shape
     flat = mask.reshape(-1)
-    points = np.flatnonzero(flat)
-    where = {}
-    for i in range(points.size):
-        where[points[i]] = i
-    parent = np.arange(points.size)
+    n = 0
+    for p in range(flat.size):
+        n += flat[p]
+    points, parent = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    where = np.empty(flat.size, dtype=np.int64)     # position in points (set pixels only)
+    i = 0
+    for p in range(flat.size):
+        if flat[p]:
+            points[i], parent[i], where[p] = p, i, i
+            i += 1
     for i in range(points.size):
         yx = points[i] % (h * w)
         y, x = yx // w, yx % w
@@ -449,12 +514,12 @@ def label_sparse(mask):
     return ids.reshape(mask.shape)
 
 
-@kernel
+@kernel(signature=(_F32_4D, _F32_4D, _I64_3D, _I64))
 def instance_flow_error(flows, target, labels, n):
     """Per id 0..n-1 the mean over its pixels of sum_c (flows - target)^2 (float32 per pixel,
     summed in float64 in raster order); 0 for absent ids."""
     nb, _, h, w = flows.shape
-    total, count = np.zeros(n), np.zeros(n)
+    total, count = np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.float64)
     for b in range(nb):
         for y in range(h):
             for x in range(w):
@@ -463,16 +528,19 @@ def instance_flow_error(flows, target, labels, n):
                 dx = flows[b, 1, y, x] - target[b, 1, y, x]
                 total[i] += dy * dy + dx * dx
                 count[i] += 1.0
-    return total / np.maximum(count, 1.0)
+    for i in range(n):
+        total[i] /= max(count[i], 1.0)
+    return total
 
 
-@kernel
+@kernel(signature=(_I32_3D, _BOOL_1D, _I64_3D))
 def fill_enclosed(holes, enclosed, labels):
     """Copy of ``labels`` where every enclosed hole (``enclosed[hole id]``; such holes never
     touch the image border) whose 4-neighbours all carry one instance id takes that id."""
     n = enclosed.size
-    lowest = np.full(n, np.iinfo(np.int64).max)
-    highest = np.full(n, -1)
+    lowest, highest = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    for i in range(n):
+        lowest[i], highest[i] = np.iinfo(np.int64).max, -1
     nb, h, w = labels.shape
     for b in range(nb):
         for y in range(h):
@@ -495,14 +563,14 @@ def fill_enclosed(holes, enclosed, labels):
     return out
 
 
-@kernel
+@kernel(signature=(_I64_1D, _I32_1D, _I32_3D))
 def seed_labels(pixels, end, seeds):
     """Instance ids from end points: pixel ``pixels[i]`` gets ``seeds[pixels[end[i]]]`` (all
     other pixels 0; int32 like ``seeds``), and per seed id its pixel count, end-point count and
     image index."""
     nb, h, w = seeds.shape
     flat = seeds.reshape(-1)
-    n = flat.max() + 1 if flat.size else 1
+    n = _max(flat) + 1 if flat.size else 1
     labels = np.zeros(flat.size, dtype=np.int32)
     size, sinks, image = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64)
     for b in range(nb):
@@ -517,7 +585,7 @@ def seed_labels(pixels, end, seeds):
     return labels.reshape(seeds.shape), size, sinks, image
 
 
-@kernel
+@kernel(signature=(_I32_3D, _BOOL_1D))
 def drop_ids(labels, remove):
     """Set to 0, in place, every pixel whose id has ``remove[id]`` (contiguous ``labels``)."""
     flat = labels.reshape(-1)
@@ -526,14 +594,15 @@ def drop_ids(labels, remove):
             flat[p] = 0
 
 
-@kernel
+@kernel(signature=(_I64_3D,))
 def renumber(labels):
     """Per image, ids -> 1..N in increasing order (int32), 0 stays 0."""
     nb, h, w = labels.shape
-    out = np.zeros(labels.shape, dtype=np.int32)
-    rank = np.zeros(labels.max() + 1 if labels.size else 1, dtype=np.int32)
+    out = np.empty((nb, h, w), dtype=np.int32)
+    rank = np.empty(_max(labels.reshape(-1)) + 1 if labels.size else 1, dtype=np.int32)
     for b in range(nb):
-        rank[:] = 0
+        for i in range(rank.size):
+            rank[i] = 0
         for y in range(h):
             for x in range(w):
                 rank[labels[b, y, x]] = 1

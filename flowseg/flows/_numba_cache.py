@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CachePlan", "cache_plan", "kernel"]
+__all__ = ["KERNELS", "CachePlan", "cache_plan", "kernel", "plan"]
 
 #: The environment variable through which a user chooses numba's cache folder.
 ENV_VAR = "NUMBA_CACHE_DIR"
@@ -98,6 +98,11 @@ _PLAN = cache_plan(user_choice=os.environ.get(ENV_VAR),
                    fallback=_fallback_dir(), writable=_writable)
 
 
+def plan() -> CachePlan:
+    """How this process compiles the kernels (chosen once, at import)."""
+    return _PLAN
+
+
 @contextlib.contextmanager
 def _cache_dir(folder: str | None) -> Iterator[None]:
     """numba's ``config.CACHE_DIR`` set to ``folder`` while functions are decorated (numba
@@ -115,15 +120,25 @@ def _cache_dir(folder: str | None) -> Iterator[None]:
         config.CACHE_DIR = saved
 
 
-def kernel(func: Callable | None = None, **options):
+#: ``(dispatcher, signature)`` of every kernel declared with a signature, in declaration order.
+KERNELS: list[tuple[Callable, tuple]] = []
+
+
+def kernel(func: Callable | None = None, *, signature: tuple | None = None, **options):
     """``numba.njit(cache=...)`` with the cache folder of this module's plan.
 
-    Use as ``@kernel`` or ``@kernel(inline="always")``.
+    Use as ``@kernel``, ``@kernel(inline="always")`` or ``@kernel(signature=(types...))``. A
+    ``signature`` (a tuple of numba argument types) does not make compilation eager: it
+    registers the kernel in :data:`KERNELS`, the list :mod:`flowseg.flows._warmup` compiles
+    ahead of use, and callers must pass exactly these types.
     """
     from numba import njit
 
     def decorate(f: Callable):
         with _cache_dir(_PLAN.cache_dir):
-            return njit(cache=_PLAN.cache, **options)(f)
+            dispatcher = njit(cache=_PLAN.cache, **options)(f)
+        if signature is not None:
+            KERNELS.append((dispatcher, signature))
+        return dispatcher
 
     return decorate if func is None else decorate(func)

@@ -3,7 +3,9 @@ the large, mostly local index arrays used here), plain torch indexing on other d
 
 :func:`host_path` is the single switch between the CPU route (numba kernels of
 :mod:`flowseg.flows._kernels`, scipy labelling) and the device route (torch only); tests flip
-it to run the device route on CPU and compare the two.
+it to run the device route on CPU and compare the two. :func:`kernel_route` adds the one
+exception: while the kernels are not compiled yet (:mod:`flowseg.flows._warmup`), CPU input
+takes the torch route too.
 """
 
 from __future__ import annotations
@@ -11,12 +13,20 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["host_path", "put", "take"]
+from flowseg.flows import _warmup
+
+__all__ = ["host_path", "kernel_route", "put", "take"]
 
 
 def host_path(tensor: torch.Tensor) -> bool:
     """True when ``tensor`` should take the CPU route (numpy / scipy)."""
     return tensor.device.type == "cpu"
+
+
+def kernel_route(tensor: torch.Tensor) -> bool:
+    """True when ``tensor`` takes the CPU route and its numba kernels can run now; False: the
+    torch route (other devices, or CPU while the kernels compile in the background)."""
+    return host_path(tensor) and _warmup.use_kernels()
 
 
 def take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

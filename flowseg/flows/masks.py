@@ -19,7 +19,9 @@ Steps (:func:`flows_to_labels`), none of which loops over cells:
 CPU input takes the host route (:func:`_host_labels`: numba kernels for following, pointer
 jumping with an early stop once nothing changes, seed bookkeeping, the flow-error QC's
 targets and sums, hole filling and renumbering; scipy for labelling); other devices the torch
-route (:func:`_torch_labels`). Both give the same labels (tested).
+route (:func:`_torch_labels`). Both give the same labels (tested). While the kernels are not
+compiled yet (a new machine; :mod:`flowseg.flows._warmup`), CPU input takes the torch route
+too, with numpy hole filling and renumbering.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import torch
 from scipy import ndimage
 
 from flowseg.config import SegmentConfig
-from flowseg.flows import _kernels, _ops
+from flowseg.flows import _kernels, _ops, _warmup
 from flowseg.flows._ops import put, take
 from flowseg.flows.follow import pointer_jump, successors
 from flowseg.flows.targets import _check_labels, host_flows, labels_to_flows
@@ -165,15 +167,15 @@ def _per_instance_mean(values: torch.Tensor, labels: torch.Tensor, n: int) -> to
 
 
 def _host_flow_error(flows: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
-    """:func:`_batch_flow_error` on the host (numba): (B, 2, H, W) float32, (B, H, W) int32 or
-    int64."""
+    """:func:`_batch_flow_error` on the host (numba): (B, 2, H, W) float, (B, H, W) int."""
     flows = np.ascontiguousarray(flows, dtype=np.float32)
-    return _kernels.instance_flow_error(flows, host_flows(labels), labels, n)
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    return _kernels.instance_flow_error(flows, host_flows(labels), labels, int(n))
 
 
 def _batch_flow_error(flows: torch.Tensor, labels: torch.Tensor, n: int) -> torch.Tensor:
     """Per id (0..n-1): mean over the instance of sum_c (flows - labels_to_flows(labels))^2."""
-    if _ops.host_path(flows):
+    if _ops.kernel_route(flows):
         return torch.from_numpy(_host_flow_error(flows.numpy(), labels.numpy(), n))
     diff = ((flows - labels_to_flows(labels)) ** 2).sum(dim=1)
     return _per_instance_mean(diff, labels, n)
@@ -236,13 +238,37 @@ def fill_holes(labels: np.ndarray) -> np.ndarray:
     enclosed[0] = False
     if not enclosed.any():
         return labels
-    kernel_labels = labels if labels.dtype in (np.int32, np.int64) else labels.astype(np.int64)
-    return _kernels.fill_enclosed(holes, enclosed, kernel_labels).astype(labels.dtype, copy=False)
+    wide = np.ascontiguousarray(labels, dtype=np.int64)
+    fill = _kernels.fill_enclosed if _warmup.use_kernels() else _fill_enclosed_numpy
+    return fill(holes, enclosed, wide).astype(labels.dtype, copy=False)
+
+
+def _fill_enclosed_numpy(holes: np.ndarray, enclosed: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """:func:`flowseg.flows._kernels.fill_enclosed` with numpy (while the kernels compile).
+    Enclosed holes never touch the image border, so ``np.roll`` never wraps into one."""
+    lowest = np.full(enclosed.size, np.iinfo(np.int64).max)
+    highest = np.full(enclosed.size, -1, dtype=np.int64)
+    inside = enclosed[holes]
+    for axis in (1, 2):
+        for shift in (1, -1):
+            neighbour = np.roll(labels, shift, axis=axis)
+            touch = inside & (neighbour > 0)
+            np.minimum.at(lowest, holes[touch], neighbour[touch])
+            np.maximum.at(highest, holes[touch], neighbour[touch])
+    fill = enclosed & (lowest == highest)
+    return np.where(fill[holes], highest[holes], labels)
 
 
 def _renumber(labels: np.ndarray) -> np.ndarray:
     """Per image, ids -> 1..N in increasing order of the ids (int32); 0 stays 0."""
-    return _kernels.renumber(labels if labels.dtype in (np.int32, np.int64) else labels.astype(np.int64))
+    wide = np.ascontiguousarray(labels, dtype=np.int64)
+    if _warmup.use_kernels():
+        return _kernels.renumber(wide)
+    out = np.empty(wide.shape, dtype=np.int32)          # numpy, while the kernels compile
+    for b, image in enumerate(wide):
+        ids, rank = np.unique(image, return_inverse=True)
+        out[b] = rank.reshape(image.shape) + int(ids.size > 0 and ids[0] != 0)
+    return out
 
 
 def _per_image(configs: Sequence[SegmentConfig], field: str, device) -> torch.Tensor:
@@ -320,7 +346,7 @@ def flows_to_labels(flows, cellprob, *, config=None, device=None) -> np.ndarray:
     """
     flows, cellprob, batched = _check_inputs(flows, cellprob, device)
     configs = _check_configs(config, flows.shape[0])
-    if _ops.host_path(flows):
+    if _ops.kernel_route(flows):
         out = _host_labels(flows.numpy(), cellprob.numpy(), configs)
     else:
         out = _torch_labels(flows, cellprob, configs).cpu().numpy()

@@ -231,7 +231,8 @@ def host_distance(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     Parameters
     ----------
-    labels : (B, H, W) ndarray of int32 or int64
+    labels : (B, H, W) ndarray of int
+        Taken as int64 (the kernels' one signature).
 
     Returns
     -------
@@ -240,6 +241,7 @@ def host_distance(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     neighbours : (B * H * W,) ndarray of uint8
         Same-label neighbour bit masks (bit k: direction ``OFFSETS[k]``).
     """
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
     nb, h, w = labels.shape
     nbr = _kernels.same_label_neighbours(labels)
     flat = labels.reshape(-1)
@@ -255,7 +257,7 @@ def host_distance(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def host_flows(labels: np.ndarray) -> np.ndarray:
-    """:func:`labels_to_flows` on the host: (B, H, W) int32 or int64 -> (B, 2, H, W) float32."""
+    """:func:`labels_to_flows` on the host: (B, H, W) int -> (B, 2, H, W) float32."""
     nb, h, w = labels.shape
     potential, nbr = host_distance(labels)
     _kernels.subtract_inner_edt(potential, nbr, nb, h, w, BORDER_WEIGHT)
@@ -288,7 +290,7 @@ def geodesic_distance(graph: PixelGraph, *, method: str = "auto") -> torch.Tenso
     method : {"auto", "numba", "torch"}
         ``"numba"``: compiled bucket-queue shortest paths (and union-find pieces when a cell
         is in pieces) on the host; ``"torch"``: propagation and min-plus relaxation on the
-        graph's device; ``"auto"``: numba for CPU tensors, torch otherwise.
+        graph's device; ``"auto"``: numba for CPU tensors (once compiled), torch otherwise.
 
     Returns
     -------
@@ -299,7 +301,7 @@ def geodesic_distance(graph: PixelGraph, *, method: str = "auto") -> torch.Tenso
     if graph.pixels.numel() == 0:
         return torch.zeros(0, dtype=torch.float64, device=graph.pixels.device)
     if method == "auto":
-        method = "numba" if _ops.host_path(graph.pixels) else "torch"
+        method = "numba" if _ops.kernel_route(graph.pixels) else "torch"
     if method == "torch":
         return _distance_torch(graph)
     grid = torch.zeros(math.prod(graph.shape), dtype=torch.int64)       # cells as labels
@@ -439,7 +441,8 @@ def labels_to_flows(labels, *, device=None, method: str = "auto"):
     method : {"auto", "numba", "torch"}
         ``"numba"``: compiled kernels on the host (:func:`host_flows`); ``"torch"``: tensor
         operations on ``device`` (graph, min-plus relaxation, least squares); ``"auto"``:
-        numba for CPU input, torch otherwise. Both give the same flows (tested).
+        numba for CPU input, torch otherwise (and on the CPU while the kernels compile in the
+        background, see :mod:`flowseg.flows._warmup`). Both give the same flows (tested).
 
     Returns
     -------
@@ -450,7 +453,7 @@ def labels_to_flows(labels, *, device=None, method: str = "auto"):
     """
     _check_method(method)
     batch = _check_labels(labels, device)
-    if method == "numba" or (method == "auto" and _ops.host_path(batch.labels)):
+    if method == "numba" or (method == "auto" and _ops.kernel_route(batch.labels)):
         flows = torch.from_numpy(host_flows(batch.labels.cpu().numpy())).to(batch.labels.device)
     else:
         flows = _torch_flows(batch.labels)
