@@ -39,6 +39,7 @@ from flowseg.errors import InputError
 from flowseg.io.folders import CELL_TYPES_FILE, list_folder
 from flowseg.io.images import read_image, read_labels
 from flowseg.model.checkpoint import save_model
+from flowseg.model.exported import exported_kind
 from flowseg.tuning import DEFAULT_MIN_GAIN, TuningData, TuningGrid, TuningResult, tune
 
 __all__ = ["build_parser", "main", "run", "format_tuning_table"]
@@ -99,6 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_checkpoint(path: Path) -> None:
+    """The tuned thresholds are written into a checkpoint: refuse an exported model before the
+    search (``save_model`` would refuse it only at the end, minutes later)."""
+    kind = exported_kind(path)
+    if kind is not None:
+        raise InputError(f"--model {path}: is an exported {kind} model; tuning needs a flowseg "
+                         "checkpoint (.pt), e.g. the one it was exported from (export it again "
+                         "after tuning)")
+
+
 def _read_data(directory: Path, class_names: tuple[str, ...]):
     items = list_folder(directory)
     if not items:
@@ -132,6 +143,8 @@ def format_tuning_table(result: TuningResult) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.quiet)
+    for path in args.model:
+        _check_checkpoint(path)
     if args.in_place and len(args.model) > 1:
         raise InputError("--in-place: several --model files are tuned as a new ensemble; write "
                          "it with --out ENSEMBLE.pt")
