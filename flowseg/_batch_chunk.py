@@ -19,7 +19,7 @@ from flowseg.api import DEFAULT_TILE, NORMALIZE, check_tile
 from flowseg.config import SegmentConfig, _check_int
 from flowseg.data.normalize import check_percentiles
 from flowseg.data.rescale import check_scale
-from flowseg.size import scale_for_diameter
+from flowseg.size import check_diameter
 from flowseg.device import PRECISIONS
 from flowseg.errors import one_line
 from flowseg.io.atomic import atomic_path
@@ -122,7 +122,7 @@ class BatchConfig:
         if self.scale is not None:
             check_scale(self.scale)
         if self.diameter is not None:
-            scale_for_diameter(self.diameter, 1.0)  # checks the value
+            check_diameter(self.diameter)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: expected one of {PRECISIONS}, got {self.precision!r}")
         object.__setattr__(self, "save", check_outputs(self.save))

@@ -43,9 +43,9 @@ from flowseg.size import SIZE_MODEL_KEY, SizeModel, scale_for_diameter
 from flowseg.tiling import TileGrid, split_tiles, stitch_tiles, tile_grid
 
 __all__ = ["DEFAULT_TILE", "NORMALIZE", "ClassValues", "SegmentResult", "check_image",
-           "check_model", "check_tile", "choose_scales", "cluster_config", "cluster_maps", "filter_instances",
-           "image_styles", "instance_classes", "load_model", "model_size", "predict_maps", "segment", "segment_maps",
-           "warn_dropped_tuning"]
+           "check_model", "check_tile", "choose_scales", "cluster_config", "cluster_maps",
+           "filter_instances", "image_styles", "instance_classes", "load_model", "model_size",
+           "predict_maps", "segment", "segment_maps", "warn_dropped_tuning"]
 
 log = logging.getLogger(__name__)
 
@@ -343,9 +343,8 @@ def image_styles(images: Sequence[np.ndarray], model: Model, *, factors: Sequenc
                  normalize: tuple[float, float] | None = NORMALIZE) -> np.ndarray:
     """Style vectors of images, each normalised and resized by its factor (encoder only;
     ``levels`` deepest encoder levels, with their spread, see ``UNet.level_styles``). With
-    ``tile``, the mean of
-    the styles of ``tile`` x ``tile`` tiles covering the resized image (no overlap; smaller
-    images padded): then the style does not depend on how large the image is.
+    ``tile``, the mean of the styles of ``tile`` x ``tile`` tiles covering the resized image
+    (no overlap; smaller images padded): then the style does not depend on the image's size.
 
     Parameters
     ----------
@@ -406,7 +405,8 @@ def choose_scales(images: Sequence[np.ndarray], model: Model, *, scale: float | 
         if size is None:
             raise ValueError("diameter: this model records no training cell diameter; give "
                              "scale (a resize factor) instead")
-        scales = [check_scale(scale_for_diameter(diameter, size.diameter), "model diameter / diameter")] * len(images)
+        factor = scale_for_diameter(diameter, size.diameter)
+        scales = [check_scale(factor, "model diameter / diameter")] * len(images)
     elif scale is not None:
         scales = [check_scale(scale)] * len(images)
     elif size is None or not size.can_estimate or not images:
@@ -418,8 +418,7 @@ def choose_scales(images: Sequence[np.ndarray], model: Model, *, scale: float | 
     else:
         styles = image_styles(images, model, factors=[size.low_res] * len(images),
                               levels=size.levels, spread=size.spread, tile=size.tile,
-                              precision=precision,
-                              normalize=normalize)
+                              precision=precision, normalize=normalize)
         zooms = size.zooms(styles)
         scales = [size.scale(z) for z in zooms]
         for i, (z, f) in enumerate(zip(zooms, scales)):
@@ -775,10 +774,12 @@ def segment(images: Sequence[np.ndarray], model: Model, *, batch_size: int = 8,
     images = _check_images(images, model.model_config.in_channels)
     if not images:
         return []
+    # Normalised once here for both the size estimate and the network (each would redo it).
+    images = [normalize_image(im, percentiles=normalize) for im in images]
     scales, diameters = choose_scales(images, model, scale=scale, diameter=diameter,
-                                      precision=precision, normalize=normalize)
+                                      precision=precision, normalize=None)
     maps = predict_maps(images, model, batch_size=batch_size, tile=tile, tta=tta, scale=scales,
-                        precision=precision, normalize=normalize)
+                        precision=precision, normalize=None)
     results = segment_maps(maps, model.class_names, config=config, batch_size=batch_size,
                            return_maps=return_maps)
     return [dataclasses.replace(r, scale=f, diameter=d)

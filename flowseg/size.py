@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-__all__ = ["ALPHAS", "SIZE_MODEL_KEY", "SizeModel", "choose_alpha", "fit_ridge", "fit_size_model",
-           "label_diameter",
-           "label_diameters", "scale_for_diameter"]
+__all__ = ["ALPHAS", "SIZE_MODEL_KEY", "SizeModel", "check_diameter", "choose_alpha", "fit_ridge",
+           "fit_size_model", "label_diameter", "label_diameters", "scale_for_diameter"]
 
 #: Key of the size model in a checkpoint's metadata.
 SIZE_MODEL_KEY = "size_model"
@@ -67,13 +66,17 @@ def label_diameter(labels: np.ndarray) -> float:
     return float(np.median(d)) if d.size else math.nan
 
 
+def check_diameter(value: object, name: str = "diameter") -> float:
+    """``value`` as a float; ValueError unless it is a positive, finite number of pixels."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}: expected a positive cell diameter in pixels, got {value!r}")
+    return float(value)
+
+
 def scale_for_diameter(diameter: float, model_diameter: float) -> float:
     """Resize factor that brings cells of ``diameter`` pixels to the model's diameter."""
-    for name, value in (("diameter", diameter), ("model_diameter", model_diameter)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"{name}: expected a positive cell diameter in pixels, got {value!r}")
-    return float(model_diameter) / float(diameter)
+    return check_diameter(model_diameter, "model_diameter") / check_diameter(diameter)
 
 
 def fit_ridge(x: np.ndarray, y: np.ndarray, *, alpha: float) -> tuple[np.ndarray, float]:
@@ -267,4 +270,4 @@ def fit_size_model(styles: np.ndarray, zooms: np.ndarray, *, diameter: float,
                       zoom_range=tuple(zoom_range))
     check_styles, check_zooms = check if check is not None else (styles, zooms)
     error = np.abs(np.log(model.zooms(check_styles)) - np.log(np.asarray(check_zooms)))
-    return SizeModel(**{**model.to_dict(), "fit_error": float(np.median(error))})
+    return replace(model, fit_error=float(np.median(error)))

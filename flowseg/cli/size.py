@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from flowseg.api import load_model
-    from flowseg.cli.train import _folders
+    from flowseg.cli.train import data_folders
     from flowseg.data.dataset import load_folder
     from flowseg.model.checkpoint import save_model
     from flowseg.training.size_fit import SizeFitConfig, attach_size_model, fit_model_size
@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise InputError(f"--model {args.model}: expected a flowseg checkpoint (.pt); an exported "
                          "model cannot store a size model (fit it on the .pt, then export)")
     model = load_model(args.model, device=args.device)
-    train_dir, val_dir = _folders(args.data, args.val)
+    train_dir, val_dir = data_folders(args.data, args.val)
     train = load_folder(train_dir)
     if not train:
         raise InputError(f"{train_dir}: no <name>.tif + <name>_masks.tif pairs")

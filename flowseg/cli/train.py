@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # imported lazily at run time (--help stays fast)
     from flowseg.data.dataset import Sample
     from flowseg.model.checkpoint import Model
 
-__all__ = ["build_parser", "main", "run"]
+__all__ = ["build_parser", "data_folders", "main", "run"]
 
 log = logging.getLogger("flowseg.train")
 
@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _folders(data: Path, val: Path | None) -> tuple[Path, Path | None]:
+def data_folders(data: Path, val: Path | None) -> tuple[Path, Path | None]:
     """Training and validation folders of ``--data`` / ``--val``."""
     if not data.is_dir():
         raise FileNotFoundError(f"--data {data}: no such folder")
@@ -348,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "last.pt): give one of them")
     env = launch_env()  # torchrun's RANK / WORLD_SIZE; a plain run is rank 0 of 1
     setup_logging(args.quiet or env.rank != 0)
-    train_dir, val_dir = _folders(args.data, args.val)
+    train_dir, val_dir = data_folders(args.data, args.val)
     _prepare_out(args.out, resume=args.resume, overwrite=args.overwrite, main_rank=env.rank == 0)
     train_items, val_items = _load_data(train_dir, val_dir)
     class_names = class_names_of(train_items)

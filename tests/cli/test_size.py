@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from flowseg.api import model_size
 from flowseg.cli.evaluate import main
-from flowseg.config import ModelConfig, SegmentConfig
 from flowseg.io.folders import write_cell_types, write_folder_item
-from flowseg.model.checkpoint import Model, load_model, save_model
-from flowseg.model.unet import UNet
+from flowseg.model.checkpoint import load_model
 from flowseg.synthetic import make_synthetic
+from tests.batch_fixtures import write_tiny_model
 
 
 @pytest.fixture
 def model_path(tmp_path):
-    torch.manual_seed(0)
-    config = ModelConfig(n_classes=2, widths=(8, 16))
-    path = tmp_path / "m.pt"
-    save_model(path, Model(UNet(config).eval(), config, ("round", "spindly"), SegmentConfig()))
-    return path
+    return write_tiny_model(tmp_path / "m.pt")  # classes round, spindly
 
 
 @pytest.fixture
