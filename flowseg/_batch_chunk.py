@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from flowseg.api import DEFAULT_TILE, NORMALIZE, check_tile
-from flowseg.config import SegmentConfig, _check_int
+from flowseg.config import SegmentConfig, check_int
 from flowseg.data.normalize import check_percentiles
 from flowseg.data.rescale import check_scale
 from flowseg.size import check_diameter
@@ -25,7 +25,7 @@ from flowseg.errors import one_line
 from flowseg.io.atomic import atomic_path
 from flowseg.io.axes import check_channel
 from flowseg.io.outputs import MAP_OUTPUTS, applicable_outputs, check_outputs, output_path
-from flowseg.stacks import DEFAULT_STITCH_THRESHOLD, _check_threshold
+from flowseg.stacks import DEFAULT_STITCH_THRESHOLD, check_stitch_threshold
 
 __all__ = ["BatchConfig", "ImageOutcome", "RECORD_DIR", "masks_path", "read_record",
            "record_path", "segment_chunk"]
@@ -108,10 +108,10 @@ class BatchConfig:
     stitch_threshold: float = DEFAULT_STITCH_THRESHOLD
 
     def __post_init__(self) -> None:
-        _check_int("batch_size", self.batch_size, minimum=1)
-        _check_int("chunk", self.chunk, minimum=1)
+        check_int("batch_size", self.batch_size, minimum=1)
+        check_int("chunk", self.chunk, minimum=1)
         if self.worker_threads is not None:
-            _check_int("worker_threads", self.worker_threads, minimum=1)
+            check_int("worker_threads", self.worker_threads, minimum=1)
         object.__setattr__(self, "tile", check_tile(self.tile, size_multiple=1))
         for name in ("tta", "overlay"):
             if not isinstance(getattr(self, name), bool):
@@ -136,7 +136,7 @@ class BatchConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise TypeError(f"{name}: expected an int axis index or None, got {value!r}")
-        _check_threshold(self.stitch_threshold)
+        check_stitch_threshold(self.stitch_threshold)
 
     def settings(self) -> dict[str, Any]:
         """The options the outputs depend on, for the completeness record (options at their

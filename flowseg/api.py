@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowseg.config import CLASS_FIELDS, SegmentConfig, _check_int
+from flowseg.config import CLASS_FIELDS, SegmentConfig, check_int
 from flowseg.data.normalize import check_percentiles, normalize_image
 from flowseg.data.rescale import check_scale, resize_stack, scaled_shape
 from flowseg.device import autocast, preferred_memory_format, resolve_device, resolve_precision
@@ -286,7 +286,7 @@ def predict_maps(images: Sequence[np.ndarray], model: Model, *, batch_size: int 
     """
     model = check_model(model)
     images = _check_images(images, model.model_config.in_channels)
-    _check_int("batch_size", batch_size, minimum=1)
+    check_int("batch_size", batch_size, minimum=1)
     tile = check_tile(tile, size_multiple=model.model_config.size_multiple)
     scales = _check_scales(scale, len(images))
     normalize = check_percentiles(normalize)
@@ -673,7 +673,7 @@ def segment_maps(maps: Sequence[torch.Tensor], class_names: Sequence[str], *,
     """
     if not isinstance(config, SegmentConfig):
         raise TypeError(f"config: expected a SegmentConfig, got {type(config).__name__}")
-    _check_int("batch_size", batch_size, minimum=1)
+    check_int("batch_size", batch_size, minimum=1)
     class_names = tuple(class_names)
     for i, m in enumerate(maps):
         if m.ndim != 3 or m.shape[0] != 3 + len(class_names):
@@ -769,7 +769,7 @@ def segment(images: Sequence[np.ndarray], model: Model, *, batch_size: int = 8,
     config = model.segment_config if config is None else config
     if not isinstance(config, SegmentConfig):
         raise TypeError(f"config: expected a SegmentConfig or None, got {type(config).__name__}")
-    _check_int("batch_size", batch_size, minimum=1)
+    check_int("batch_size", batch_size, minimum=1)
     warn_dropped_tuning(config, model)
     images = _check_images(images, model.model_config.in_channels)
     if not images:

@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 
 from flowseg._batch_chunk import (RECORD_DIR, BatchConfig, ImageOutcome, masks_path, read_record,
                                   segment_chunk)
-from flowseg.config import _check_int
+from flowseg.config import check_int
 from flowseg.errors import InputError, one_line
 from flowseg.io.atomic import atomic_path
 
@@ -124,7 +124,7 @@ def local_client(n_workers: int) -> Iterator[Any]:
     """A one-machine Dask cluster: ``n_workers`` processes of one (Dask) thread each, and its
     client. Set ``BatchConfig.worker_threads`` to share the cores among the workers' torch."""
     distributed = require_distributed()
-    _check_int("n_workers", n_workers, minimum=1)
+    check_int("n_workers", n_workers, minimum=1)
     with distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:

@@ -24,7 +24,9 @@ def _check_finite(name: str, value: Any) -> float:
     return float(value)
 
 
-def _check_int(name: str, value: Any, *, minimum: int) -> int:
+def check_int(name: str, value: Any, *, minimum: int) -> int:
+    """``value`` when it is an int (not a bool) >= ``minimum``; else a TypeError / ValueError
+    naming ``name``, what was expected and what was received."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
     if value < minimum:
@@ -58,7 +60,7 @@ class ClassThresholds:
             if _check_finite("flow_threshold", self.flow_threshold) < 0:
                 raise ValueError(f"flow_threshold: expected >= 0, got {self.flow_threshold}")
         if self.min_size is not None:
-            _check_int("min_size", self.min_size, minimum=0)
+            check_int("min_size", self.min_size, minimum=0)
 
 
 #: The fields that :class:`ClassThresholds` sets per cell type.
@@ -127,8 +129,8 @@ class SegmentConfig:
         _check_finite("cellprob_threshold", self.cellprob_threshold)
         if _check_finite("flow_threshold", self.flow_threshold) < 0:
             raise ValueError(f"flow_threshold: expected >= 0, got {self.flow_threshold}")
-        _check_int("min_size", self.min_size, minimum=0)
-        _check_int("niter", self.niter, minimum=1)
+        check_int("min_size", self.min_size, minimum=0)
+        check_int("niter", self.niter, minimum=1)
         if _check_finite("min_flow", self.min_flow) < 0:
             raise ValueError(f"min_flow: expected >= 0, got {self.min_flow}")
         for name in ("fill_holes", "exclude_on_edges"):
@@ -285,14 +287,14 @@ class ModelConfig:
     style_classes: bool = True
 
     def __post_init__(self) -> None:
-        _check_int("in_channels", self.in_channels, minimum=1)
-        _check_int("n_classes", self.n_classes, minimum=1)
+        check_int("in_channels", self.in_channels, minimum=1)
+        check_int("n_classes", self.n_classes, minimum=1)
         if not isinstance(self.widths, tuple) or len(self.widths) < 2:
             raise TypeError(f"widths: expected a tuple of at least 2 ints, got {self.widths!r}")
         for i, w in enumerate(self.widths):
-            _check_int(f"widths[{i}]", w, minimum=1)
-        _check_int("blocks", self.blocks, minimum=1)
-        if _check_int("kernel_size", self.kernel_size, minimum=1) % 2 == 0:
+            check_int(f"widths[{i}]", w, minimum=1)
+        check_int("blocks", self.blocks, minimum=1)
+        if check_int("kernel_size", self.kernel_size, minimum=1) % 2 == 0:
             raise ValueError(f"kernel_size: expected an odd int, got {self.kernel_size}")
         _check_choice("skip", self.skip, ("add", "concat"))
         for name in ("style", "style_classes"):
@@ -337,6 +339,13 @@ class AugmentConfig:
         Multiplicative contrast factor range.
     gamma : (float, float)
         Gamma exponent range applied to the positive part of the image.
+    low_res : float
+        Probability (0-1) that a crop is seen at a lower resolution: shrunk (anti-aliased) by a
+        factor drawn log-uniformly from ``low_res_factor`` and enlarged back bilinearly, as an
+        image taken at a lower magnification looks once enlarged to the trained cell size.
+        0 (the default) draws no random numbers for it.
+    low_res_factor : (float, float)
+        Range of that shrink factor (>= 1).
     """
 
     flip: bool = True
@@ -346,6 +355,8 @@ class AugmentConfig:
     brightness: float = 0.1
     contrast: tuple[float, float] = (0.8, 1.2)
     gamma: tuple[float, float] = (0.8, 1.25)
+    low_res: float = 0.0
+    low_res_factor: tuple[float, float] = (1.5, 3.0)
 
     def __post_init__(self) -> None:
         for name in ("flip", "rot90"):
@@ -358,6 +369,9 @@ class AugmentConfig:
             raise ValueError(f"brightness: expected a value in [0, 1], got {self.brightness}")
         _check_range("contrast", self.contrast, low=0.0, high=10.0)
         _check_range("gamma", self.gamma, low=0.05, high=20.0)
+        if not 0 <= _check_finite("low_res", self.low_res) <= 1:
+            raise ValueError(f"low_res: expected a probability in [0, 1], got {self.low_res}")
+        _check_range("low_res_factor", self.low_res_factor, low=1.0, high=10.0)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-python representation (for checkpoints and JSON)."""
@@ -438,9 +452,9 @@ class TrainConfig:
     pseudo_fraction: float = 0.0
 
     def __post_init__(self) -> None:
-        _check_int("epochs", self.epochs, minimum=1)
+        check_int("epochs", self.epochs, minimum=1)
         _check_choice("precision", self.precision, ("auto", "bf16", "fp32"))
-        _check_int("batch_size", self.batch_size, minimum=1)
+        check_int("batch_size", self.batch_size, minimum=1)
         if _check_finite("lr", self.lr) <= 0:
             raise ValueError(f"lr: expected > 0, got {self.lr}")
         for name in ("weight_decay", "warmup_epochs", "flow_weight", "cellprob_weight", "class_weight"):
@@ -450,12 +464,12 @@ class TrainConfig:
             raise ValueError(f"class_grad: expected a fraction in [0, 1], got {self.class_grad}")
         if not 0.0 <= _check_finite("pseudo_fraction", self.pseudo_fraction) < 1.0:
             raise ValueError(f"pseudo_fraction: expected a fraction in [0, 1), got {self.pseudo_fraction}")
-        _check_int("crop_size", self.crop_size, minimum=8)
-        _check_int("val_every", self.val_every, minimum=1)
-        _check_int("seed", self.seed, minimum=0)
+        check_int("crop_size", self.crop_size, minimum=8)
+        check_int("val_every", self.val_every, minimum=1)
+        check_int("seed", self.seed, minimum=0)
         if not isinstance(self.device, str):
             raise TypeError(f"device: expected a str ('auto', 'cpu', 'cuda:N'), got {self.device!r}")
-        _check_int("num_workers", self.num_workers, minimum=0)
+        check_int("num_workers", self.num_workers, minimum=0)
         if not isinstance(self.balance_classes, bool):
             raise TypeError(f"balance_classes: expected a bool, got {self.balance_classes!r}")
         if not isinstance(self.augment, AugmentConfig):

@@ -75,7 +75,8 @@ class StackResult:
         return float(np.median(values)) if values else None
 
 
-def _check_threshold(threshold: object) -> float:
+def check_stitch_threshold(threshold: object) -> float:
+    """``threshold`` as a float when it is a number in [0, 1]; else a TypeError / ValueError."""
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
         raise TypeError(f"stitch_threshold: expected a number in [0, 1], got {threshold!r}")
     if not 0.0 <= threshold <= 1.0:
@@ -109,7 +110,7 @@ def stitch_planes(labels: np.ndarray, *, threshold: float = DEFAULT_STITCH_THRES
     (Z, H, W) ndarray of int32
         Ids 1..N in order of first appearance going up the stack.
     """
-    threshold = _check_threshold(threshold)
+    threshold = check_stitch_threshold(threshold)
     labels = np.asarray(labels)
     if labels.ndim != 3 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels: expected a (Z, H, W) integer stack, got shape {labels.shape} "
@@ -199,7 +200,7 @@ def segment_stack(stack: np.ndarray, model, *,
     """
     from flowseg.api import segment
 
-    _check_threshold(stitch_threshold)
+    check_stitch_threshold(stitch_threshold)
     if not isinstance(stack, np.ndarray) or stack.ndim not in (3, 4):
         raise ValueError(f"stack: expected a (Z, H, W) or (Z, C, H, W) array, got "
                          f"{getattr(stack, 'shape', type(stack).__name__)}")

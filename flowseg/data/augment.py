@@ -1,4 +1,5 @@
-"""Paired random augmentation of an image and its labels (crop, flips, rotations, scale, intensity).
+"""Paired random augmentation of an image and its labels (crop, flips, rotations, scale,
+resolution, intensity).
 
 All geometric steps are folded into one affine map sampled per crop: the image is resampled
 bilinearly, the labels nearest, both with zeros outside the source image, so they stay aligned.
@@ -12,11 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+from skimage.transform import resize
 
 from flowseg.config import AugmentConfig
 
-__all__ = ["AffineMap", "random_affine", "apply_affine", "warp_mask", "adjust_intensity",
-           "augment_pair", "augment_sample"]
+__all__ = ["AffineMap", "random_affine", "apply_affine", "warp_mask", "lower_resolution",
+           "adjust_intensity", "augment_pair", "augment_sample"]
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,33 @@ def warp_mask(mask: np.ndarray, transform: AffineMap) -> np.ndarray:
     return _warp(mask.astype(np.uint8, copy=False), transform, 0).astype(bool)
 
 
+def lower_resolution(image: np.ndarray, factor: float) -> np.ndarray:
+    """``image`` as if taken at ``1 / factor`` of its resolution and enlarged back to its size:
+    an anti-aliased shrink to ``round(side / factor)`` pixels, then a bilinear enlargement (what
+    segmenting a low-magnification image at the trained cell size does to it).
+
+    Parameters
+    ----------
+    image : (C, H, W) ndarray of float32
+    factor : float
+        Shrink factor, >= 1 (1 returns ``image`` unchanged).
+
+    Returns
+    -------
+    image : (C, H, W) ndarray of float32
+    """
+    if factor < 1 or not np.isfinite(factor):
+        raise ValueError(f"factor: expected a finite value >= 1, got {factor}")
+    size = image.shape[1:]
+    small = tuple(max(1, round(s / factor)) for s in size)
+    if small == size:
+        return image
+    shrunk = resize(image, image.shape[:1] + small, order=1, mode="reflect", anti_aliasing=True,
+                    preserve_range=True)
+    return resize(shrunk, image.shape, order=1, mode="edge", anti_aliasing=False,
+                  preserve_range=True).astype(np.float32)
+
+
 def adjust_intensity(image: np.ndarray, rng: np.random.Generator, config: AugmentConfig) -> np.ndarray:
     """Random gamma (on the positive part), contrast and brightness of a normalised image."""
     gamma = np.exp(rng.uniform(*np.log(config.gamma)))
@@ -172,4 +201,6 @@ def augment_sample(image: np.ndarray, labels: np.ndarray, ignore: np.ndarray | N
     image, labels = apply_affine(image, labels, transform)
     ignore = (np.zeros(transform.shape, bool) if ignore is None
               else warp_mask(ignore, transform))
+    if config.low_res and rng.random() < config.low_res:
+        image = lower_resolution(image, float(np.exp(rng.uniform(*np.log(config.low_res_factor)))))
     return adjust_intensity(image, rng, config), labels, ignore

@@ -4,7 +4,7 @@ from scipy import ndimage
 
 from flowseg.config import AugmentConfig
 from flowseg.data.augment import (adjust_intensity, apply_affine, augment_pair, augment_sample,
-                                  random_affine, warp_mask)
+                                  lower_resolution, random_affine, warp_mask)
 
 EXACT = AugmentConfig(rotation=0.0, scale=(1.0, 1.0))
 
@@ -100,3 +100,38 @@ def test_no_ignore_mask_gives_all_false():
     with pytest.raises(ValueError, match="ignore"):
         augment_sample(labels[None].astype(np.float32), labels, np.zeros((3, 3), bool),
                        crop_size=16, rng=np.random.default_rng(0))
+
+
+def test_lower_resolution_blurs_keeps_shape_and_factor_one_is_identity():
+    rng = np.random.default_rng(0)
+    image = rng.random((2, 64, 80)).astype(np.float32)
+    assert lower_resolution(image, 1.0) is image
+    low = lower_resolution(image, 2.0)
+    assert low.shape == image.shape and low.dtype == np.float32
+    # noise loses its high frequencies; a smooth ramp survives almost unchanged
+    assert np.abs(np.diff(low, axis=-1)).mean() < 0.5 * np.abs(np.diff(image, axis=-1)).mean()
+    ramp = np.broadcast_to(np.linspace(0, 1, 80, dtype=np.float32), (1, 64, 80)).copy()
+    assert np.abs(lower_resolution(ramp, 2.0) - ramp)[..., 4:-4].max() < 0.02
+    with pytest.raises(ValueError, match="factor"):
+        lower_resolution(image, 0.5)
+
+
+def test_low_res_changes_only_the_image_and_zero_keeps_the_random_stream():
+    rng = np.random.default_rng(0)
+    image = rng.random((1, 120, 120)).astype(np.float32)
+    labels = (rng.random((120, 120)) > 0.5).astype(np.int32)
+    plain = augment_pair(image, labels, crop_size=64, rng=np.random.default_rng(3))
+    zero = augment_pair(image, labels, crop_size=64, rng=np.random.default_rng(3),
+                        config=AugmentConfig(low_res=0.0))
+    low = augment_pair(image, labels, crop_size=64, rng=np.random.default_rng(3),
+                       config=AugmentConfig(low_res=1.0))
+    np.testing.assert_array_equal(plain[0], zero[0])
+    np.testing.assert_array_equal(plain[1], low[1])      # labels keep full resolution
+    assert not np.allclose(plain[0], low[0])
+
+
+@pytest.mark.parametrize("bad", [dict(low_res=1.5), dict(low_res=-0.1),
+                                 dict(low_res_factor=(0.5, 2.0)), dict(low_res_factor=(3.0, 2.0))])
+def test_low_res_settings_are_checked(bad):
+    with pytest.raises(ValueError, match="low_res"):
+        AugmentConfig(**bad)
