@@ -504,6 +504,15 @@ class ClassValues:
                    np.array([c.flow_threshold for c in per], np.float64),
                    np.array([c.min_size for c in per], np.int64))
 
+    def at_scale(self, scale: float) -> ClassValues:
+        """These values for maps predicted at ``scale`` and resized back to the image: sizes
+        count the pixels of the network's view, so ``min_size`` becomes ``min_size / scale**2``
+        of the image's pixels (rounded); the other values are per pixel and stay."""
+        if scale == 1.0:
+            return self
+        return dataclasses.replace(
+            self, min_size=np.rint(self.min_size / float(scale) ** 2).astype(np.int64))
+
 
 def cluster_config(config: SegmentConfig, cellprob_threshold: float) -> SegmentConfig:
     """The config of the clustering stage: no size or flow-error filter (applied afterwards)."""
@@ -618,7 +627,7 @@ class _Decisions:
 
 
 def _decide(maps: Sequence[torch.Tensor], class_names: tuple[str, ...], config: SegmentConfig,
-            batch_size: int) -> _Decisions:
+            batch_size: int, scales: Sequence[float]) -> _Decisions:
     """Classes, clustering and per-class filtering of every image (see :func:`segment_maps`)."""
     values = ClassValues.of(config, class_names)
     pixel_probs = [_image_class_from_pixels(m[2], torch.softmax(m[3:], 0), config.cellprob_threshold)
@@ -631,13 +640,13 @@ def _decide(maps: Sequence[torch.Tensor], class_names: tuple[str, ...], config: 
     clustered = cluster_maps(maps, [cluster_config(config, t) for t in thresholds],
                              batch_size=batch_size)
     labels = []
-    for lab, m, k, t in zip(clustered, maps, image_class, thresholds):
+    for lab, m, k, t, f in zip(clustered, maps, image_class, thresholds, scales):
         host = m.cpu()
         if config.class_source == "image":
             classes = np.full(int(lab.max()) + 1, k)
         else:
             classes = instance_classes(lab, torch.softmax(host[3:], 0).numpy())
-        lab = filter_instances(lab, m[:2], host[2].numpy(), classes, values,
+        lab = filter_instances(lab, m[:2], host[2].numpy(), classes, values.at_scale(f),
                                cluster_threshold=t, fill=config.fill_holes)
         labels.append(drop_edge_instances(lab) if config.exclude_on_edges else lab)
     return _Decisions(labels, pixel_probs)
@@ -645,7 +654,8 @@ def _decide(maps: Sequence[torch.Tensor], class_names: tuple[str, ...], config: 
 
 def segment_maps(maps: Sequence[torch.Tensor], class_names: Sequence[str], *,
                  config: SegmentConfig, batch_size: int = 8,
-                 return_maps: bool = False) -> list[SegmentResult]:
+                 return_maps: bool = False,
+                 scales: float | Sequence[float] | None = None) -> list[SegmentResult]:
     """Turn network maps into results: the post-processing half of :func:`segment`.
 
     Each image's cell type is estimated from its foreground pixels' class probabilities. With
@@ -666,6 +676,11 @@ def segment_maps(maps: Sequence[torch.Tensor], class_names: Sequence[str], *,
         Images per flow-following batch.
     return_maps : bool
         Keep flows and cell-probability logits in the results.
+    scales : float or sequence of float, optional
+        The ``scale`` the maps were predicted at (:func:`predict_maps`), one or one per image;
+        ``None``: 1. ``min_size`` counts pixels at the network's view, so an image
+        predicted at scale ``s`` keeps instances of at least ``min_size / s**2`` of its own
+        pixels (:meth:`ClassValues.at_scale`).
 
     Returns
     -------
@@ -679,7 +694,8 @@ def segment_maps(maps: Sequence[torch.Tensor], class_names: Sequence[str], *,
         if m.ndim != 3 or m.shape[0] != 3 + len(class_names):
             raise ValueError(f"maps[{i}]: expected shape (3 + {len(class_names)}, H, W), "
                              f"got {tuple(m.shape)}")
-    decisions = _decide(maps, class_names, config, batch_size)
+    decisions = _decide(maps, class_names, config, batch_size,
+                        _check_scales(1.0 if scales is None else scales, len(maps)))
     return [_result(lab, m, class_names, p, return_maps)
             for lab, m, p in zip(decisions.labels, maps, decisions.pixel_probs)]
 
@@ -739,8 +755,10 @@ def segment(images: Sequence[np.ndarray], model: Model, *, batch_size: int = 8,
     scale : float, optional
         Resize factor applied to each image before the network (the network's maps are resized
         back, so labels always have the image's size). A network sees cells best at the size it
-        was trained on: with cells twice that diameter, use 0.5. ``min_size`` and ``niter`` stay
-        in the image's own pixels.
+        was trained on: with cells twice that diameter, use 0.5. ``min_size`` counts pixels as
+        the network sees them (the model's tuned sizes are for cells at its training size): at
+        scale ``s`` an instance needs ``min_size / s**2`` of the image's pixels. ``niter`` stays
+        in the image's pixels.
     diameter : float, optional
         Mean cell diameter in the images, in pixels: sets ``scale = model diameter / diameter``
         (cellpose's rule; the model's training diameter is ``model_size(model).diameter``).
@@ -781,6 +799,6 @@ def segment(images: Sequence[np.ndarray], model: Model, *, batch_size: int = 8,
     maps = predict_maps(images, model, batch_size=batch_size, tile=tile, tta=tta, scale=scales,
                         precision=precision, normalize=None)
     results = segment_maps(maps, model.class_names, config=config, batch_size=batch_size,
-                           return_maps=return_maps)
+                           return_maps=return_maps, scales=scales)
     return [dataclasses.replace(r, scale=f, diameter=d)
             for r, f, d in zip(results, scales, diameters)]

@@ -46,7 +46,8 @@ class ClassThresholds:
         Maximum mean squared difference between predicted flows and flows recomputed from
         the instance; ``0`` disables the flow-error check.
     min_size : int or None
-        Instances with fewer pixels are removed.
+        Instances with fewer pixels are removed (pixels as the network sees the image: see
+        :attr:`SegmentConfig.min_size`).
     """
 
     cellprob_threshold: float | None = None
@@ -81,7 +82,11 @@ class SegmentConfig:
     flow_threshold : float
         Maximum per-instance mean squared flow error; ``0`` disables the check.
     min_size : int
-        Minimum instance size in pixels.
+        Minimum instance size in pixels, counted as the network sees the image: with
+        ``segment(scale=s)`` (or a scale chosen from the cell size) an instance needs
+        ``min_size / s**2`` of the image's own pixels, so a model's tuned sizes follow its cells
+        to any magnification. At scale 1 (the default for Cellpose-sized data) they are the
+        image's pixels.
     niter : int
         Longest flow path, in pixel steps, that is followed to its end. flowseg follows flows
         by pointer jumping (``2**ceil(log2(niter))`` steps in ``ceil(log2(niter))`` rounds), so

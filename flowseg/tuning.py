@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from flowseg.api import cluster_config, cluster_maps, segment_maps
+from flowseg.data.rescale import check_scale
 from flowseg.config import ClassThresholds, SegmentConfig
 from flowseg.flows import flow_error
 from flowseg.metrics import IOU_THRESHOLDS, Truth, image_score, iou_matrix, match_counts
@@ -128,12 +129,17 @@ class TuningData:
     cell_types : tuple of str
         True cell type per image.
     class_names : tuple of str, length K
+    scale : float
+        The ``scale`` the maps were predicted at: min sizes are tuned in the network's pixels
+        (an instance of ``A`` image pixels counts ``A * scale**2``), as
+        :func:`flowseg.api.segment_maps` applies them.
     """
 
     maps: list[torch.Tensor]
     truths: list[Truth]
     cell_types: tuple[str, ...]
     class_names: tuple[str, ...]
+    scale: float = 1.0
 
     def __post_init__(self) -> None:
         n = len(self.maps)
@@ -146,6 +152,7 @@ class TuningData:
             if m.ndim != 3 or m.shape[0] != 3 + len(self.class_names):
                 raise ValueError(f"maps[{i}]: expected shape (3 + {len(self.class_names)}, H, W), "
                                  f"got {tuple(m.shape)}")
+        check_scale(self.scale)
 
 
 def _ratio_mean(tp: np.ndarray, n_true: int, n_pred: int) -> float:
@@ -190,7 +197,7 @@ def grid_scores(data: TuningData, grid: TuningGrid, *, config: SegmentConfig,
                               batch_size=batch_size)
         for b, (lab, m, truth) in enumerate(zip(labels, data.maps, data.truths)):
             n = int(lab.max())
-            area = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+            area = np.bincount(lab.ravel(), minlength=n + 1)[1:] * data.scale ** 2
             err = flow_error(m[:2], lab) if n else np.zeros(0)
             scores[b, i] = _subset_scores(iou_matrix(truth, lab), area, err, grid)
     return scores
@@ -245,7 +252,8 @@ def best_per_class(scores: np.ndarray, data: TuningData, grid: TuningGrid, *,
 
 def score_config(data: TuningData, config: SegmentConfig, *, batch_size: int = 8) -> np.ndarray:
     """(n_images,) competition score of each image segmented with ``config`` (exact path)."""
-    results = segment_maps(data.maps, data.class_names, config=config, batch_size=batch_size)
+    results = segment_maps(data.maps, data.class_names, config=config, batch_size=batch_size,
+                           scales=data.scale)
     return np.array([image_score(t, r.labels).score for t, r in zip(data.truths, results)])
 
 

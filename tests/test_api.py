@@ -256,6 +256,40 @@ def test_scale_runs_the_network_at_the_scaled_size_and_returns_full_size_labels(
         segment([np.zeros((128, 128), np.float32)], model, tile=None, scale=0.0)
 
 
+def test_min_size_counts_the_pixels_the_network_sees():
+    """A 6x6 cell (36 px) predicted at scale 2 is 144 px to the network: min_size 100 keeps it;
+    at scale 1 (or in maps taken as scale 1) it is dropped."""
+    labels = np.zeros((32, 32), np.int32)
+    labels[4:10, 4:10] = 1
+    labels[16:30, 16:30] = 2                                    # 196 px
+    maps = [torch.from_numpy(np.concatenate([labels_to_flows(labels),
+                                             np.where(labels > 0, 8.0, -8.0)[None],
+                                             np.zeros((2, 32, 32))]).astype(np.float32))]
+    config = SegmentConfig(min_size=100)
+    assert segment_maps(maps, ("a", "b"), config=config)[0].n_instances == 1
+    assert segment_maps(maps, ("a", "b"), config=config, scales=[2.0])[0].n_instances == 2
+    assert segment_maps(maps, ("a", "b"), config=config, scales=0.5)[0].n_instances == 0
+    with pytest.raises(ValueError, match="scale"):
+        segment_maps(maps, ("a", "b"), config=config, scales=[1.0, 2.0])
+
+
+def test_segment_applies_min_size_at_the_chosen_scale():
+    from flowseg.data.rescale import rescale_pair
+
+    _, labels = make_synthetic("round", shape=(128, 128), seed=3)
+    _, half = rescale_pair(np.zeros(labels.shape, np.float32), labels, 0.5)
+    area = np.bincount(half.ravel())[1:]
+    cut = int(np.median(area[area > 0]))          # about half the cells are smaller at scale 1
+    model = Model(OracleNet(labels, k=0, n_classes=2), ModelConfig(n_classes=2, widths=(8, 16)),
+                  ("a", "b"), SegmentConfig(min_size=4 * cut))
+    # the user's image is the half-size one; scale 2 shows the network the full-size cells
+    (res,) = segment([np.zeros(half.shape, np.float32)], model, tile=None, scale=2.0)
+    kept = np.bincount(res.labels.ravel())[1:]
+    assert res.labels.shape == half.shape
+    assert kept.size >= 0.8 * (area >= cut).sum() and kept.min() >= 0.8 * cut
+    assert kept.size > (area >= 4 * cut).sum()     # min_size in image pixels would drop them
+
+
 @pytest.mark.parametrize("tile, expected", [(None, None), (0, None), (np.int64(0), None),
                                             (16, 16), (np.int64(256), 256)])
 def test_check_tile_zero_and_none_mean_untiled(tile, expected):

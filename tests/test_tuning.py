@@ -90,6 +90,25 @@ def test_grid_scores_equal_the_exact_segment_path():
         np.testing.assert_allclose(scores[(slice(None), *index)], exact)
 
 
+def test_min_sizes_are_tuned_in_the_networks_pixels():
+    """Maps predicted at scale 2 show the network cells of 4x their image area: the tuned
+    min size is 4x the one tuned at scale 1, and grid scores still equal the exact path."""
+    data = _data(0)
+    scaled = dataclasses.replace(data, scale=2.0)
+    grid = TuningGrid(cellprob_thresholds=(0.0,), flow_thresholds=(0.0,),
+                      min_sizes=(0, 20, 40, 80, 800))
+    config = SegmentConfig(min_size=0)
+    assert tune(data, config=config, grid=grid).per_class["big"].values.min_size == 20
+    assert tune(scaled, config=config, grid=grid).per_class["big"].values.min_size == 80
+    scores = grid_scores(scaled, grid, config=config)
+    for k, ms in enumerate(grid.min_sizes):
+        np.testing.assert_allclose(scores[:, 0, 0, k],
+                                   score_config(scaled, SegmentConfig(min_size=ms,
+                                                                      flow_threshold=0.0)))
+    with pytest.raises(ValueError, match="scale"):
+        dataclasses.replace(data, scale=0.0)
+
+
 def test_cellprob_threshold_per_class():
     """"small" maps have faint (logit 1) false blobs of cell size: only a threshold > 1 drops them."""
     truth = _squares(5, [(3 + 10 * a, 3 + 10 * b) for a in range(3) for b in range(6)])

@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=DEFAULT_TILE, help="network tile side; 0 = whole images")
     p.add_argument("--scale", type=float, default=1.0,
                    help="resize the images by this factor before the network, as flowseg-segment "
-                        "--scale will (default 1)")
+                        "--scale will (default 1; min sizes are tuned in the network's pixels)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="network arithmetic, as flowseg-segment --precision (tune with the one you "
@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     maps = predict_maps(images, model, batch_size=args.batch_size, tile=args.tile or None,
                         scale=args.scale, precision=args.precision)
     data = TuningData(maps, [read_labels(i.masks_path) for i in items],
-                      tuple(i.cell_type for i in items), model.class_names)
+                      tuple(i.cell_type for i in items), model.class_names, scale=args.scale)
     config = model.segment_config
     if args.class_source is not None:
         config = dataclasses.replace(config, class_source=args.class_source)
