@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from skimage.transform import resize
 
-__all__ = ["check_scale", "rescale_pair", "resize_stack", "scaled_shape"]
+__all__ = ["check_scale", "rescale_image", "rescale_pair", "resize_stack", "scaled_shape"]
 
 
 def check_scale(scale: float, name: str = "scale") -> float:
@@ -32,8 +32,34 @@ def scaled_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
     return tuple(max(1, round(n * scale)) for n in shape)  # type: ignore[return-value]
 
 
+def rescale_image(image: np.ndarray, scale: float) -> np.ndarray:
+    """Resize an image by ``scale``: linear, anti-aliased (Gaussian) when shrinking, as most
+    tools shrink images.
+
+    Parameters
+    ----------
+    image : (H, W) or (C, H, W) ndarray, any numeric dtype
+    scale : float
+        Output side = ``round(side * scale)``.
+
+    Returns
+    -------
+    image : (h, w) or (C, h, w) ndarray, the input dtype (integers rounded and clipped to it)
+    """
+    scale = check_scale(scale)
+    if scale == 1.0:
+        return image
+    out_shape = image.shape[:-2] + scaled_shape(image.shape[-2:], scale)  # channels never blended
+    smooth = resize(image.astype(np.float32), out_shape, order=1, mode="reflect",
+                    anti_aliasing=scale < 1, preserve_range=True)
+    if np.issubdtype(image.dtype, np.integer):
+        info = np.iinfo(image.dtype)
+        smooth = np.clip(np.rint(smooth), info.min, info.max)
+    return smooth.astype(image.dtype)
+
+
 def rescale_pair(image: np.ndarray, labels: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """Resize an image (linear, anti-aliased when shrinking) and its labels (nearest) by ``scale``.
+    """Resize an image (:func:`rescale_image`) and its labels (nearest) by ``scale``.
 
     Parameters
     ----------
@@ -54,16 +80,9 @@ def rescale_pair(image: np.ndarray, labels: np.ndarray, scale: float) -> tuple[n
                          f"width), got {labels.shape}")
     if scale == 1.0:
         return image, labels
-    out_hw = scaled_shape(labels.shape, scale)
-    out_shape = image.shape[:-2] + out_hw  # a channel axis keeps its length: never blended
-    smooth = resize(image.astype(np.float32), out_shape, order=1, mode="reflect",
-                    anti_aliasing=scale < 1, preserve_range=True)
-    if np.issubdtype(image.dtype, np.integer):
-        info = np.iinfo(image.dtype)
-        smooth = np.clip(np.rint(smooth), info.min, info.max)
-    new_labels = resize(labels, out_hw, order=0, mode="edge", anti_aliasing=False,
-                        preserve_range=True)
-    return smooth.astype(image.dtype), new_labels.astype(labels.dtype)
+    new_labels = resize(labels, scaled_shape(labels.shape, scale), order=0, mode="edge",
+                        anti_aliasing=False, preserve_range=True)
+    return rescale_image(image, scale), new_labels.astype(labels.dtype)
 
 
 def resize_stack(maps: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:

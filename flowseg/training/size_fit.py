@@ -21,6 +21,7 @@ import numpy as np
 
 from flowseg.api import image_styles
 from flowseg.data.dataset import Sample
+from flowseg.data.rescale import rescale_image
 from flowseg.model.checkpoint import Model
 from flowseg.size import SIZE_MODEL_KEY, SizeModel, fit_size_model, label_diameters
 
@@ -48,6 +49,11 @@ class SizeFitConfig:
         Each training image is cropped at random, sides from ``min_crop`` to the whole image
         (in zoomed pixels), so that crops and whole fields of view are estimated alike.
     max_check_images : int
+    smooth_fraction : float
+        Share (0-1) of the shrunk crops (zoom < 1) made smaller as most tools shrink images,
+        with Gaussian anti-aliasing (:func:`flowseg.data.rescale.rescale_image`), the rest by
+        the style pass's own resize: blur makes cells look larger to the network, so the
+        estimate must learn not to depend on how an image was made small.
     low_res, levels, spread, tile, tolerance
         See :class:`flowseg.size.SizeModel`; ``levels`` None: every encoder level.
     alpha : float or None
@@ -63,6 +69,7 @@ class SizeFitConfig:
     max_images: int = 200
     max_check_images: int = 30
     min_crop: int = 96
+    smooth_fraction: float = 0.5
     low_res: float = 0.5
     levels: int | None = None
     spread: bool = True
@@ -79,6 +86,8 @@ class SizeFitConfig:
         for name in ("zooms_per_image", "max_images", "max_check_images", "min_crop"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected a positive int, got {getattr(self, name)!r}")
+        if not 0 <= self.smooth_fraction <= 1:
+            raise ValueError(f"smooth_fraction: expected a share in [0, 1], got {self.smooth_fraction!r}")
 
 
 def training_diameters(samples: Sequence[Sample]) -> tuple[float, dict[str, float]]:
@@ -143,8 +152,12 @@ def fit_model_size(model: Model, train: Sequence[Sample], check: Sequence[Sample
     zooms = np.exp(rng.uniform(low, high, (len(chosen), config.zooms_per_image)))
     images = [random_crop(s.image, z, config.min_crop, rng)
               for s, zs in zip(chosen, zooms) for z in zs]
+    factors = list(zooms.ravel() * config.low_res)
+    for i, z in enumerate(zooms.ravel()):
+        if z < 1 and rng.random() < config.smooth_fraction:
+            images[i], factors[i] = rescale_image(images[i], z), config.low_res
     # Each crop is normalised on its own percentiles, as segment() normalises a user's image.
-    styles = image_styles(images, model, factors=list(zooms.ravel() * config.low_res),
+    styles = image_styles(images, model, factors=factors,
                           levels=levels, spread=config.spread, tile=config.tile,
                           precision=config.precision)
     checked = None
