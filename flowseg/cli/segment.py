@@ -118,7 +118,8 @@ def _add_segment_options(p: argparse.ArgumentParser) -> None:
                    metavar="X|TYPE:X,...",
                    help="largest flow error of a cell (0 turns the check off); higher keeps more")
     g.add_argument("--min-size", type=per_type(int, "--min-size"), default=None,
-                   metavar="N|TYPE:N,...", help="smallest cell in pixels (0 keeps all)")
+                   metavar="N|TYPE:N,...", help="smallest cell in pixels as the network sees it: an image resized by "
+                        "--scale S (or an estimated scale) needs N / S^2 of its own (0 keeps all)")
     g.add_argument("--exclude-on-edges", action="store_true",
                    help="drop cells that touch the image border")
     g.add_argument("--no-norm", action="store_true",
