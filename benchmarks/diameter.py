@@ -11,6 +11,8 @@ Two tables, each run the way a user runs ``flowseg.segment`` (model thresholds, 
    ``scale=1``, and the masks resized back (nearest) to score against the 1x truth. "kept" is the
    score as a fraction of the 1x score without flags. The "truth" rows score the true masks
    resized to that size and back: the most any method can keep when its masks are resized.
+   "at size" scores the same masks where they were made, against the truth resized (nearest) to
+   the resized image: the question a user with a lower- or higher-magnification image asks.
 
 3. With a Sartorius folder, the zoom estimate's error on whole images and on random crops.
 
@@ -92,7 +94,7 @@ def sartorius_table(model, folder: Path) -> list[str]:
     types = [i.cell_type for i in items]
     lines = [f"Sartorius {folder}: {len(items)} images",
              f"{'images':<6} {'setting':<10} {'mAP':>6} " + " ".join(f"{t:>7}" for t in TYPES)
-             + f" {'kept':>6} {'scale chosen':>20} {'s/image':>8}"]
+             + f" {'kept':>6} {'at size':>7} {'kept':>6} {'scale chosen':>20} {'s/image':>8}"]
     base = None
     for factor in (1.0, 2.0, 0.5):
         inputs = images if factor == 1.0 else [_resized(im, factor) for im in images]
@@ -104,9 +106,13 @@ def sartorius_table(model, folder: Path) -> list[str]:
             mean = float(scores.mean())
             if factor == 1.0 and name == "no flags":
                 base = mean
+            # the same masks scored at the size they were made, against the truth resized there
+            at_size = np.mean([image_score(_back(t, r.labels.shape), r.labels).score
+                               for t, r in zip(truths, results)])
             per = " ".join(f"{scores[[k == t for k in types]].mean():>7.3f}"
                            if t in types else f"{'-':>7}" for t in TYPES)
             lines.append(f"{factor:<6g} {name:<10} {mean:>6.3f} {per} {mean / base:>6.1%} "
+                         f"{at_size:>7.3f} {at_size / base:>6.1%} "
                          f"{_scales_text(results):>20} {sec:>8.2f}")
         if factor != 1.0:  # the ceiling: the truth itself at this size, resized back
             ceiling = np.mean([image_score(t, _back(_back(t, _size(t.shape, factor)), t.shape)).score
