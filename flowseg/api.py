@@ -259,6 +259,13 @@ def _forward(model: Model, x: torch.Tensor, *, tta: bool, dtype: torch.dtype) ->
     return (total / len(flips)).float()
 
 
+def _set_layout(model: Model, device: torch.device, dtype: torch.dtype) -> None:
+    """Put the network's weights in the memory layout its inputs will have. Only the layout
+    changes, but the kernels (and so the last bits of bf16 results) follow it: every pass sets
+    it, so that a first call computes what later calls do."""
+    model.net.to(memory_format=preferred_memory_format(device, dtype))
+
+
 def _check_scales(scale: float | Sequence[float], n: int) -> list[float]:
     """One checked resize factor per image from one factor or a sequence of ``n``."""
     if isinstance(scale, (list, tuple, np.ndarray)):
@@ -292,7 +299,7 @@ def predict_maps(images: Sequence[np.ndarray], model: Model, *, batch_size: int 
     normalize = check_percentiles(normalize)
     device = next(model.net.parameters()).device
     dtype = resolve_precision(precision, device)
-    model.net.to(memory_format=preferred_memory_format(device, dtype))  # layout only: same values
+    _set_layout(model, device, dtype)
     tensors = [torch.from_numpy(normalize_image(im, percentiles=normalize)) for im in images]
     shapes = [tuple(t.shape[-2:]) for t in tensors]
     tensors = [resize_stack(t, scaled_shape(hw, f)) if f != 1.0 else t
@@ -368,6 +375,7 @@ def image_styles(images: Sequence[np.ndarray], model: Model, *, factors: Sequenc
     normalize = check_percentiles(normalize)
     device = model.device
     dtype = resolve_precision(precision, device)
+    _set_layout(model, device, dtype)
     out = []
     model.net.eval()
     with torch.inference_mode():
