@@ -316,17 +316,20 @@ def _segment_items(items: list[_Item], model, config: BatchConfig) -> list:
     cannot be segmented gets its exception in its place: one bad image never stops the
     others, even alone in a task. A stack's planes are linked (:func:`stack_result`)."""
     from flowseg.api import segment
-    from flowseg.stacks import stack_result
+    from flowseg.stacks import shared_scales, stack_result
 
     segment_config = config.segment_config(model)
 
     def run(batch: list[_Item]) -> list:
-        planes = segment([p for item in batch for p in item.planes], model,
-                         batch_size=config.batch_size, config=segment_config, tile=config.tile,
-                         tta=config.tta, scale=config.scale, diameter=config.diameter,
-                         precision=config.precision,
-                         normalize=config.normalize,
-                         return_maps=any(k in MAP_OUTPUTS for k in config.save))
+        planes = [p for item in batch for p in item.planes]
+        options = {"scale": config.scale, "diameter": config.diameter,
+                   "precision": config.precision, "normalize": config.normalize}
+        if any(item.is_stack for item in batch):   # a stack's planes share one scale
+            options["scale"] = shared_scales(
+                planes, model, [k for k, item in enumerate(batch) for _ in item.planes], options)
+        planes = segment(planes, model, batch_size=config.batch_size, config=segment_config,
+                         tile=config.tile, tta=config.tta,
+                         return_maps=any(k in MAP_OUTPUTS for k in config.save), **options)
         out, start = [], 0
         for item in batch:
             mine, start = planes[start:start + len(item.image)], start + len(item.image)

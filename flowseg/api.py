@@ -266,6 +266,20 @@ def _set_layout(model: Model, device: torch.device, dtype: torch.dtype) -> None:
     model.net.to(memory_format=preferred_memory_format(device, dtype))
 
 
+def _group_medians(values: np.ndarray, groups: Sequence[int] | None) -> np.ndarray:
+    """Each value replaced by the median of its group's (``groups``: one id per value; None:
+    every value its own group)."""
+    if groups is None:
+        return values
+    groups = np.asarray(groups)
+    if groups.shape != values.shape:
+        raise ValueError(f"groups: expected one id per image ({len(values)}), got {groups.shape}")
+    out = np.empty_like(values)
+    for g in np.unique(groups):
+        out[groups == g] = np.median(values[groups == g])
+    return out
+
+
 def _check_scales(scale: float | Sequence[float], n: int) -> list[float]:
     """One checked resize factor per image from one factor or a sequence of ``n``."""
     if isinstance(scale, (list, tuple, np.ndarray)):
@@ -389,15 +403,19 @@ def image_styles(images: Sequence[np.ndarray], model: Model, *, factors: Sequenc
     return np.stack(out) if out else np.zeros((0, 0), np.float32)
 
 
-def choose_scales(images: Sequence[np.ndarray], model: Model, *, scale: float | None = None,
+def choose_scales(images: Sequence[np.ndarray], model: Model, *,
+                  scale: float | Sequence[float] | None = None,
                   diameter: float | None = None, precision: str = "auto",
-                  normalize: tuple[float, float] | None = NORMALIZE
+                  normalize: tuple[float, float] | None = NORMALIZE,
+                  groups: Sequence[int] | None = None
                   ) -> tuple[list[float], list[float | None]]:
     """The resize factor of each image, and the cell diameter it corresponds to.
 
-    ``scale`` given: that factor. ``diameter`` given: ``model diameter / diameter``. Neither:
-    the model's size model estimates each image's zoom (one encoder pass at ``low_res``; see
-    :mod:`flowseg.size`); a model without one is run at scale 1.
+    ``scale`` given: that factor (one, or one per image). ``diameter`` given: ``model diameter
+    / diameter``. Neither: the model's size model estimates each image's zoom (one encoder pass
+    at ``low_res``; see :mod:`flowseg.size`); a model without one is run at scale 1.
+    ``groups`` (one id per image): images with the same id, such as the planes of one z-stack,
+    share one estimate, the median of their zooms, so that they are resized alike.
 
     Returns
     -------
@@ -416,7 +434,7 @@ def choose_scales(images: Sequence[np.ndarray], model: Model, *, scale: float | 
         factor = scale_for_diameter(diameter, size.diameter)
         scales = [check_scale(factor, "model diameter / diameter")] * len(images)
     elif scale is not None:
-        scales = [check_scale(scale)] * len(images)
+        scales = _check_scales(scale, len(images))
     elif size is None or not size.can_estimate or not images:
         scales = [1.0] * len(images)
     elif not hasattr(model.net, "level_styles"):
@@ -427,7 +445,7 @@ def choose_scales(images: Sequence[np.ndarray], model: Model, *, scale: float | 
         styles = image_styles(images, model, factors=[size.low_res] * len(images),
                               levels=size.levels, spread=size.spread, tile=size.tile,
                               precision=precision, normalize=normalize)
-        zooms = size.zooms(styles)
+        zooms = _group_medians(size.zooms(styles), groups)
         scales = [size.scale(z) for z in zooms]
         for i, (z, f) in enumerate(zip(zooms, scales)):
             log.info("image %d: estimated zoom %.2f of the training cells -> scale %.3g "
@@ -734,7 +752,8 @@ def warn_dropped_tuning(config: SegmentConfig, model: Model) -> None:
 
 def segment(images: Sequence[np.ndarray], model: Model, *, batch_size: int = 8,
             config: SegmentConfig | None = None, tile: int | None = DEFAULT_TILE,
-            tta: bool = False, scale: float | None = None, diameter: float | None = None,
+            tta: bool = False, scale: float | Sequence[float] | None = None,
+            diameter: float | None = None,
             return_maps: bool = False, precision: str = "auto",
             normalize: tuple[float, float] | None = NORMALIZE) -> list[SegmentResult]:
     """Segment images with a flowseg model.
@@ -760,9 +779,9 @@ def segment(images: Sequence[np.ndarray], model: Model, *, batch_size: int = 8,
         and blended. ``0`` or ``None`` runs each image whole (untiled).
     tta : bool
         Average the four flips of each tile (4x the network cost).
-    scale : float, optional
-        Resize factor applied to each image before the network (the network's maps are resized
-        back, so labels always have the image's size). A network sees cells best at the size it
+    scale : float or sequence of float, optional
+        Resize factor (one, or one per image) applied to each image before the network (the
+        network's maps are resized back, so labels always have the image's size). A network sees cells best at the size it
         was trained on: with cells twice that diameter, use 0.5. ``min_size`` counts pixels as
         the network sees them (the model's tuned sizes are for cells at its training size): at
         scale ``s`` an instance needs ``min_size / s**2`` of the image's pixels. ``niter`` stays

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DEFAULT_STITCH_THRESHOLD", "StackResult", "segment_stack", "stack_result",
-           "stitch_planes"]
+__all__ = ["DEFAULT_STITCH_THRESHOLD", "StackResult", "segment_stack", "shared_scales",
+           "stack_result", "stitch_planes"]
 
 #: IoU a cell needs with a cell of the plane below to take its id (cellpose's ``stitch3D``
 #: default).
@@ -180,6 +180,20 @@ def stack_result(planes: Sequence, *, stitch_threshold: float = DEFAULT_STITCH_T
         cellprob=np.stack([p.cellprob for p in planes]) if maps else None)
 
 
+def shared_scales(planes: list[np.ndarray], model, groups: list[int], options: dict):
+    """``options["scale"]`` for :func:`flowseg.segment`: as given; else, without a
+    ``diameter``, one estimated scale per group of planes (one per stack, see
+    :func:`flowseg.api.choose_scales`); else None (``segment`` sets it from ``diameter``)."""
+    from flowseg.api import NORMALIZE, choose_scales, check_model
+
+    if options.get("scale") is not None or options.get("diameter") is not None:
+        return options.get("scale")
+    scales, _ = choose_scales(planes, check_model(model), groups=groups,
+                              precision=options.get("precision", "auto"),
+                              normalize=options.get("normalize", NORMALIZE))
+    return scales
+
+
 def segment_stack(stack: np.ndarray, model, *,
                   stitch_threshold: float = DEFAULT_STITCH_THRESHOLD, **options) -> StackResult:
     """Segment each plane of a z-stack and link the cells across planes.
@@ -192,7 +206,9 @@ def segment_stack(stack: np.ndarray, model, *,
     stitch_threshold : float
         See :func:`stitch_planes`.
     **options
-        Passed to :func:`flowseg.segment` (``config``, ``tile``, ``return_maps``, ...).
+        Passed to :func:`flowseg.segment` (``config``, ``tile``, ``return_maps``, ...). Without
+        ``scale`` or ``diameter``, all planes share one scale, from the median of their
+        estimated cell sizes (:func:`flowseg.api.choose_scales` with ``groups``).
 
     Returns
     -------
@@ -204,5 +220,7 @@ def segment_stack(stack: np.ndarray, model, *,
     if not isinstance(stack, np.ndarray) or stack.ndim not in (3, 4):
         raise ValueError(f"stack: expected a (Z, H, W) or (Z, C, H, W) array, got "
                          f"{getattr(stack, 'shape', type(stack).__name__)}")
-    planes = segment(list(stack), model, **options)
+    planes = list(stack)
+    options["scale"] = shared_scales(planes, model, [0] * len(planes), options)
+    planes = segment(planes, model, **options)
     return stack_result(planes, stitch_threshold=stitch_threshold)

@@ -79,3 +79,23 @@ def test_segment_records_the_chosen_scale_and_diameter(sized_model):
 def test_bad_fit_settings_are_refused(bad, match):
     with pytest.raises(ValueError, match=match):
         SizeFitConfig(**bad)
+
+
+def test_groups_share_the_median_zoom_and_a_stack_shares_one_scale(sized_model):
+    from flowseg.stacks import segment_stack
+
+    small, _ = make_synthetic("round", shape=(192, 192), seed=100)
+    big = rescale_pair(small, np.zeros(small.shape, np.int32), 2.0)[0][:192, :192]
+    images = [small, big, big]
+    alone, _ = choose_scales(images, sized_model, precision="fp32")
+    assert alone[0] > 2 * alone[1] and alone[1] == pytest.approx(alone[2])
+    shared, diameters = choose_scales(images, sized_model, precision="fp32", groups=[0, 0, 0])
+    assert len(set(shared)) == 1 and shared[0] == pytest.approx(alone[1])   # median of 3 zooms
+    pairs, _ = choose_scales(images, sized_model, precision="fp32", groups=[0, 1, 1])
+    assert pairs[0] == alone[0] and pairs[1] == pairs[2] == pytest.approx(alone[1])
+    with pytest.raises(ValueError, match="groups"):
+        choose_scales(images, sized_model, groups=[0, 1])
+    stack = segment_stack(np.stack(images), sized_model, precision="fp32")
+    assert {p.scale for p in stack.planes} == {shared[0]}
+    fixed = segment_stack(np.stack(images), sized_model, scale=1.0)
+    assert {p.scale for p in fixed.planes} == {1.0}
