@@ -94,11 +94,11 @@ def test_bad_widths_is_a_usage_error(prepared, tmp_path):
 def test_loss_and_augment_options_reach_the_stored_config(prepared, tmp_path):
     out = tmp_path / "run"
     assert main(["--data", str(prepared), "--out", str(out), *TINY, "--class-weight", "0.2",
-                 "--class-grad", "0.5", "--flow-weight", "1", "--augment", "brightness=0",
+                 "--class-grad", "0.5", "--flow-weight", "1", "--augment", "brightness=0.2",
                  "--augment", "scale=0.5,2", "--augment", "flip=false"]) == 0
     config = load_model(out / "last.pt").train_config
     assert (config.class_weight, config.class_grad, config.flow_weight) == (0.2, 0.5, 1.0)
-    assert config.augment.brightness == 0 and config.augment.scale == (0.5, 2.0)
+    assert config.augment.brightness == 0.2 and config.augment.scale == (0.5, 2.0)
     assert config.augment.flip is False and config.augment.rot90 is True
 
 

@@ -61,7 +61,7 @@ def test_same_seed_same_crop_and_different_seed_differs():
 
 
 def test_intensity_is_monotone_and_bounded():
-    config = AugmentConfig()
+    config = AugmentConfig(brightness=0.1, contrast=(0.8, 1.2), gamma=(0.8, 1.25))
     image = np.linspace(-0.2, 1.2, 100, dtype=np.float32)[None, None]
     for seed in range(10):
         out = adjust_intensity(image, np.random.default_rng(seed), config)
@@ -135,3 +135,9 @@ def test_low_res_changes_only_the_image_and_zero_keeps_the_random_stream():
 def test_low_res_settings_are_checked(bad):
     with pytest.raises(ValueError, match="low_res"):
         AugmentConfig(**bad)
+
+
+def test_default_intensity_augmentation_is_the_identity():
+    image = np.linspace(-0.2, 1.2, 100, dtype=np.float32)[None, None]
+    np.testing.assert_array_equal(adjust_intensity(image, np.random.default_rng(0), AugmentConfig()),
+                                  image)
