@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
+import hashlib
 import logging
 import os
 from collections import Counter
@@ -85,10 +87,21 @@ def _model_setting(model_path: str) -> str:
     return f"{path}@{path.stat().st_mtime_ns}" if path.is_file() else str(path)
 
 
+@functools.lru_cache(maxsize=1)
+def _default_model_setting() -> str:
+    """The shipped model as the records name it: ``default@`` and the start of its SHA-256, so
+    that outputs of an earlier flowseg's default model are redone (it is replaced in place)."""
+    from flowseg.model.pretrained import default_model_path
+
+    digest = hashlib.sha256(default_model_path().read_bytes()).hexdigest()
+    return f"default@{digest[:16]}"
+
+
 def _settings(model_path: str | list[str] | None, config: BatchConfig) -> dict[str, Any]:
-    """What the outputs depend on: the model file(s) (path and modification time) and options."""
+    """What the outputs depend on: the model file(s) (path and modification time; the shipped
+    model by its content) and options."""
     if model_path is None:
-        model: str | list[str] = "default"
+        model: str | list[str] = _default_model_setting()
     elif isinstance(model_path, list):
         model = [_model_setting(p) for p in model_path]
     else:

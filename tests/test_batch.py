@@ -297,3 +297,15 @@ def test_batch_config_checks_the_new_options_and_keeps_old_records_valid():
     with pytest.raises(ValueError, match="stitch_threshold: expected an IoU"):
         BatchConfig(stitch_threshold=2)
     assert BatchConfig(channel=2, normalize=None).settings()["channel"] == [2]
+
+
+def test_the_default_model_is_recorded_by_its_content():
+    """The shipped model file is replaced by new flowseg versions: records name it by content,
+    so outputs of an earlier default model ("default" or another digest) are redone."""
+    import hashlib
+
+    from flowseg.batch import _settings
+    from flowseg.model.pretrained import default_model_path
+
+    digest = hashlib.sha256(default_model_path().read_bytes()).hexdigest()[:16]
+    assert _settings(None, CONFIG)["model"] == f"default@{digest}" != "default"
