@@ -149,6 +149,8 @@ class BatchConfig:
                  "channel_axis": self.channel_axis, "z_axis": self.z_axis,
                  "stitch_threshold": self.stitch_threshold}
         values.update({k: v for k, v in extra.items() if v != _DEFAULT_SETTINGS[k]})
+        if self.scale != 1.0:   # min sizes count the network's pixels since 2026-12-01
+            values["min_size_units"] = "network"
         return values
 
     def segment_config(self, model) -> SegmentConfig | None:

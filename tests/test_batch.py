@@ -288,7 +288,7 @@ def test_an_image_that_cannot_be_segmented_fails_alone(inputs, tmp_path, monkeyp
 
 
 def test_batch_config_checks_the_new_options_and_keeps_old_records_valid():
-    assert set(BatchConfig().settings()) == {"tile", "tta", "scale", "precision"}
+    assert set(BatchConfig(scale=1.0).settings()) == {"tile", "tta", "scale", "precision"}
     assert BatchConfig(save=("seg", "rois", "seg")).save == ("rois", "seg")
     with pytest.raises(ValueError, match=r"save: unknown output kind\(s\) \['sef'\]"):
         BatchConfig(save=("sef",))
@@ -309,3 +309,11 @@ def test_the_default_model_is_recorded_by_its_content():
 
     digest = hashlib.sha256(default_model_path().read_bytes()).hexdigest()[:16]
     assert _settings(None, CONFIG)["model"] == f"default@{digest}" != "default"
+
+
+def test_records_of_resized_images_say_how_min_sizes_were_counted():
+    """Outputs made at a scale other than 1 before min sizes counted the network's pixels are
+    redone; those at scale 1 (where nothing changed) stay valid."""
+    assert BatchConfig(scale=1.0).settings().get("min_size_units") is None
+    assert BatchConfig().settings()["min_size_units"] == "network"            # estimated
+    assert BatchConfig(scale=0.5).settings()["min_size_units"] == "network"
