@@ -13,8 +13,9 @@ independently before they are linked.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -180,10 +181,22 @@ def stack_result(planes: Sequence, *, stitch_threshold: float = DEFAULT_STITCH_T
         cellprob=np.stack([p.cellprob for p in planes]) if maps else None)
 
 
-def shared_scales(planes: list[np.ndarray], model, groups: list[int], options: dict):
+def shared_scales(planes: Sequence[np.ndarray], model, groups: Sequence[int],
+                  options: Mapping[str, Any]) -> float | list[float] | None:
     """``options["scale"]`` for :func:`flowseg.segment`: as given; else, without a
     ``diameter``, one estimated scale per group of planes (one per stack, see
-    :func:`flowseg.api.choose_scales`); else None (``segment`` sets it from ``diameter``)."""
+    :func:`flowseg.api.choose_scales`); else None (``segment`` sets it from ``diameter``).
+
+    Parameters
+    ----------
+    planes : sequence of (H, W) or (C, H, W) ndarray
+    model : Model or list of Model
+    groups : sequence of int
+        One id per plane: the stack it belongs to.
+    options : mapping
+        ``segment``'s keyword options (``scale``, ``diameter``, ``precision``, ``normalize``
+        are read).
+    """
     from flowseg.api import NORMALIZE, choose_scales, check_model
 
     if options.get("scale") is not None or options.get("diameter") is not None:
