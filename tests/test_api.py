@@ -424,3 +424,13 @@ def test_the_first_style_pass_computes_what_later_ones_do():
     predict_maps(images, model, tile=64)
     np.testing.assert_array_equal(
         image_styles(images, model, factors=[0.5] * 2, levels=4, spread=True, tile=64), first)
+
+
+def test_segment_takes_one_scale_per_image():
+    model = tiny_model()
+    images = [np.random.default_rng(i).random((48, 40)).astype(np.float32) for i in range(2)]
+    results = segment(images, model, tile=None, scale=[1.0, 0.5])
+    assert [r.scale for r in results] == [1.0, 0.5]
+    assert all(r.labels.shape == (48, 40) for r in results)
+    with pytest.raises(ValueError, match=r"scale: expected one factor or one per image \(2\), got 3"):
+        segment(images, model, tile=None, scale=[1.0, 0.5, 2.0])
