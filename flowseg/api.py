@@ -44,7 +44,7 @@ from flowseg.tiling import TileGrid, split_tiles, stitch_tiles, tile_grid
 
 __all__ = ["DEFAULT_TILE", "NORMALIZE", "ClassValues", "SegmentResult", "check_image",
            "check_model", "check_tile", "choose_scales", "cluster_config", "cluster_maps",
-           "filter_instances", "image_styles", "instance_classes", "load_model", "model_size",
+           "filter_instances", "image_min_sizes", "image_styles", "instance_classes", "load_model", "model_size",
            "predict_maps", "segment", "segment_maps", "warn_dropped_tuning"]
 
 log = logging.getLogger(__name__)
@@ -532,12 +532,22 @@ class ClassValues:
 
     def at_scale(self, scale: float) -> ClassValues:
         """These values for maps predicted at ``scale`` and resized back to the image: sizes
-        count the pixels of the network's view, so ``min_size`` becomes ``min_size / scale**2``
-        of the image's pixels (rounded); the other values are per pixel and stay."""
+        count the pixels of the network's view (:func:`image_min_sizes`); the other values are
+        per pixel and stay."""
         if scale == 1.0:
             return self
-        return dataclasses.replace(
-            self, min_size=np.rint(self.min_size / float(scale) ** 2).astype(np.int64))
+        return dataclasses.replace(self, min_size=image_min_sizes(self.min_size, scale))
+
+
+def image_min_sizes(min_sizes: Sequence[int] | np.ndarray, scale: float) -> np.ndarray:
+    """Minimum sizes counted in the network's pixels, as pixels of an image whose maps were
+    predicted at ``scale``: ``min_size / scale**2``, rounded.
+
+    Returns
+    -------
+    (K,) ndarray of int64
+    """
+    return np.rint(np.asarray(min_sizes, np.float64) / float(scale) ** 2).astype(np.int64)
 
 
 def cluster_config(config: SegmentConfig, cellprob_threshold: float) -> SegmentConfig:
@@ -781,11 +791,11 @@ def segment(images: Sequence[np.ndarray], model: Model, *, batch_size: int = 8,
         Average the four flips of each tile (4x the network cost).
     scale : float or sequence of float, optional
         Resize factor (one, or one per image) applied to each image before the network (the
-        network's maps are resized back, so labels always have the image's size). A network sees cells best at the size it
-        was trained on: with cells twice that diameter, use 0.5. ``min_size`` counts pixels as
-        the network sees them (the model's tuned sizes are for cells at its training size): at
-        scale ``s`` an instance needs ``min_size / s**2`` of the image's pixels. ``niter`` stays
-        in the image's pixels.
+        network's maps are resized back, so labels always have the image's size). A network
+        sees cells best at the size it was trained on: with cells twice that diameter, use
+        0.5. ``min_size`` counts pixels as the network sees them (the model's tuned sizes are
+        for cells at its training size): at scale ``s`` an instance needs ``min_size / s**2``
+        of the image's pixels. ``niter`` stays in the image's pixels.
     diameter : float, optional
         Mean cell diameter in the images, in pixels: sets ``scale = model diameter / diameter``
         (cellpose's rule; the model's training diameter is ``model_size(model).diameter``).

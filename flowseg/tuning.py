@@ -30,9 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from flowseg.api import cluster_config, cluster_maps, segment_maps
-from flowseg.data.rescale import check_scale
+from flowseg.api import cluster_config, cluster_maps, image_min_sizes, segment_maps
 from flowseg.config import ClassThresholds, SegmentConfig
+from flowseg.data.rescale import check_scale
 from flowseg.flows import flow_error
 from flowseg.metrics import IOU_THRESHOLDS, Truth, image_score, iou_matrix, match_counts
 
@@ -130,9 +130,9 @@ class TuningData:
         True cell type per image.
     class_names : tuple of str, length K
     scale : float
-        The ``scale`` the maps were predicted at: min sizes are tuned in the network's pixels
-        (an instance of ``A`` image pixels counts ``A * scale**2``), as
-        :func:`flowseg.api.segment_maps` applies them.
+        The ``scale`` the maps were predicted at: min sizes are tuned in the network's pixels,
+        converted to the image's as :func:`flowseg.api.segment_maps` applies them
+        (:func:`flowseg.api.image_min_sizes`).
     """
 
     maps: list[torch.Tensor]
@@ -160,13 +160,15 @@ def _ratio_mean(tp: np.ndarray, n_true: int, n_pred: int) -> float:
     return float(np.where(total > 0, tp / np.maximum(total, 1), 1.0).mean())
 
 
-def _subset_scores(iou: np.ndarray, area: np.ndarray, err: np.ndarray, grid: TuningGrid) -> np.ndarray:
-    """(n_flow, n_min_size) scores of one clustered image under each filter pair."""
+def _subset_scores(iou: np.ndarray, area: np.ndarray, err: np.ndarray, grid: TuningGrid,
+                   min_sizes: np.ndarray) -> np.ndarray:
+    """(n_flow, n_min_size) scores of one clustered image under each filter pair
+    (``min_sizes``: the grid's, in the image's pixels)."""
     out = np.empty(grid.shape[1:])
     for j, ft in enumerate(grid.flow_thresholds):
         flow_ok = np.ones(area.shape, bool) if ft == 0 else err <= ft
         previous = None
-        for k, ms in enumerate(grid.min_sizes):
+        for k, ms in enumerate(min_sizes):
             keep = flow_ok & (area >= ms)
             if previous is not None and np.array_equal(keep, previous[0]):
                 out[j, k] = previous[1]
@@ -191,15 +193,16 @@ def grid_scores(data: TuningData, grid: TuningGrid, *, config: SegmentConfig,
     scores : (n_images, n_cellprob, n_flow, n_min_size) ndarray of float64
     """
     scores = np.empty((len(data.maps), *grid.shape))
+    min_sizes = image_min_sizes(grid.min_sizes, data.scale)   # as segment_maps applies them
     thresholds = grid.cellprob_thresholds
     for i, t in enumerate(progress(thresholds) if progress else thresholds):
         labels = cluster_maps(data.maps, [cluster_config(config, t)] * len(data.maps),
                               batch_size=batch_size)
         for b, (lab, m, truth) in enumerate(zip(labels, data.maps, data.truths)):
             n = int(lab.max())
-            area = np.bincount(lab.ravel(), minlength=n + 1)[1:] * data.scale ** 2
+            area = np.bincount(lab.ravel(), minlength=n + 1)[1:]
             err = flow_error(m[:2], lab) if n else np.zeros(0)
-            scores[b, i] = _subset_scores(iou_matrix(truth, lab), area, err, grid)
+            scores[b, i] = _subset_scores(iou_matrix(truth, lab), area, err, grid, min_sizes)
     return scores
 
 

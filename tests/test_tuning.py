@@ -169,3 +169,15 @@ def test_bad_data_is_a_clear_error():
         TuningData(maps, [], ("big",), CLASSES)
     with pytest.raises(ValueError, match=r"maps\[0\]: expected shape \(3 \+ 3"):
         TuningData(maps, [np.zeros(SHAPE, np.int32)], ("big",), ("a", "b", "c"))
+
+
+def test_grid_scores_equal_the_exact_path_at_a_scale_that_does_not_divide_the_sizes():
+    """Min sizes become image pixels by one rule (rounded ``min_size / scale**2``) in the
+    grid search and in segment_maps, also where the quotient is not a whole number."""
+    data = dataclasses.replace(_data(2), scale=1.7)
+    grid = TuningGrid(cellprob_thresholds=(0.0,), flow_thresholds=(0.0,),
+                      min_sizes=(0, 15, 45, 47, 49, 300))
+    scores = grid_scores(data, grid, config=SegmentConfig())
+    for k, ms in enumerate(grid.min_sizes):
+        np.testing.assert_allclose(scores[:, 0, 0, k],
+                                   score_config(data, SegmentConfig(min_size=ms, flow_threshold=0.0)))

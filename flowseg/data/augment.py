@@ -16,6 +16,7 @@ from scipy import ndimage
 from skimage.transform import resize
 
 from flowseg.config import AugmentConfig
+from flowseg.data.rescale import rescale_image
 
 __all__ = ["AffineMap", "random_affine", "apply_affine", "warp_mask", "lower_resolution",
            "adjust_intensity", "augment_pair", "augment_sample"]
@@ -118,12 +119,9 @@ def lower_resolution(image: np.ndarray, factor: float) -> np.ndarray:
     """
     if factor < 1 or not np.isfinite(factor):
         raise ValueError(f"factor: expected a finite value >= 1, got {factor}")
-    size = image.shape[1:]
-    small = tuple(max(1, round(s / factor)) for s in size)
-    if small == size:
+    shrunk = rescale_image(image, 1 / factor)
+    if shrunk.shape == image.shape:
         return image
-    shrunk = resize(image, image.shape[:1] + small, order=1, mode="reflect", anti_aliasing=True,
-                    preserve_range=True)
     return resize(shrunk, image.shape, order=1, mode="edge", anti_aliasing=False,
                   preserve_range=True).astype(np.float32)
 
