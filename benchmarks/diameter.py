@@ -87,7 +87,7 @@ def _back(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
                   preserve_range=True).astype(np.int32)
 
 
-def sartorius_table(model, folder: Path) -> list[str]:
+def sartorius_table(model, folder: Path, resized_scales: tuple[float, ...] = ()) -> list[str]:
     items = list_folder(folder)
     images = [read_image(i.image_path) for i in items]
     truths = [read_labels(i.masks_path) for i in items]
@@ -98,7 +98,10 @@ def sartorius_table(model, folder: Path) -> list[str]:
     base = None
     for factor in (1.0, 2.0, 0.5):
         inputs = images if factor == 1.0 else [_resized(im, factor) for im in images]
-        for name, options in (("no flags", {}), ("scale 1", {"scale": 1.0})):
+        settings = [("no flags", {}), ("scale 1", {"scale": 1.0})]
+        if factor != 1.0:   # hand-picked scales for the resized images (--resized-scales)
+            settings += [(f"scale {f:g}", {"scale": f}) for f in resized_scales]
+        for name, options in settings:
             results, sec = _run(inputs, model, **options)
             preds = [_back(r.labels, t.shape) if factor != 1.0 else r.labels
                      for r, t in zip(results, truths)]
@@ -160,6 +163,8 @@ def main() -> None:
     p.add_argument("--sartorius", type=Path, default=None, help="Cellpose-style folder with cell_types.csv")
     p.add_argument("--scales", type=_floats, default=(0.33, 0.4, 0.5, 0.6, 0.75, 1.0),
                    help="hand-picked scales for the Usiigaci table")
+    p.add_argument("--resized-scales", type=_floats, default=(),
+                   help="hand-picked scales also run on the resized Sartorius images, e.g. 1.8,2")
     args = p.parse_args()
     model = flowseg.load_model(args.model)
     size = model_size(model)
@@ -170,7 +175,7 @@ def main() -> None:
     if args.usiigaci:
         print("\n".join(usiigaci_table(model, args.usiigaci, args.scales)), "\n")
     if args.sartorius:
-        print("\n".join(sartorius_table(model, args.sartorius)), "\n")
+        print("\n".join(sartorius_table(model, args.sartorius, args.resized_scales)), "\n")
         if size is not None and size.can_estimate:
             print("\n".join(crop_table(model, args.sartorius)))
 
