@@ -33,12 +33,12 @@ import torch
 
 from flowseg.config import CLASS_FIELDS, SegmentConfig, check_int
 from flowseg.data.normalize import check_percentiles, normalize_image
-from flowseg.data.rescale import check_scale, resize_stack, scaled_shape
 from flowseg.device import autocast, preferred_memory_format, resolve_device, resolve_precision
 from flowseg.flows import fill_holes, flow_error, flows_to_labels
 from flowseg.io.instances import drop_edge_instances, relabel_consecutive
 from flowseg.model.checkpoint import Model
 from flowseg.model.checkpoint import load_model as _load_checkpoint
+from flowseg.rescale import check_scale, resize_stack, scaled_shape
 from flowseg.size import SIZE_MODEL_KEY, SizeModel, scale_for_diameter
 from flowseg.tiling import TileGrid, split_tiles, stitch_tiles, tile_grid
 

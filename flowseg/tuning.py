@@ -32,9 +32,9 @@ import torch
 
 from flowseg.api import cluster_config, cluster_maps, image_min_sizes, segment_maps
 from flowseg.config import ClassThresholds, SegmentConfig
-from flowseg.data.rescale import check_scale
 from flowseg.flows import flow_error
 from flowseg.metrics import IOU_THRESHOLDS, Truth, image_score, iou_matrix, match_counts
+from flowseg.rescale import check_scale
 
 __all__ = ["DEFAULT_MIN_GAIN", "ClassTuning", "TuningData", "TuningGrid", "TuningResult", "best_global",
            "best_per_class", "grid_scores", "score_config", "tune"]

@@ -239,7 +239,7 @@ def test_segment_maps_checks_its_maps():
 
 
 def test_scale_runs_the_network_at_the_scaled_size_and_returns_full_size_labels():
-    from flowseg.data.rescale import rescale_pair
+    from flowseg.rescale import rescale_pair
 
     _, labels = make_synthetic("round", shape=(128, 128), seed=3)
     _, half = rescale_pair(np.zeros(labels.shape, np.float32), labels, 0.5)
@@ -274,7 +274,7 @@ def test_min_size_counts_the_pixels_the_network_sees():
 
 
 def test_segment_applies_min_size_at_the_chosen_scale():
-    from flowseg.data.rescale import rescale_pair
+    from flowseg.rescale import rescale_pair
 
     _, labels = make_synthetic("round", shape=(128, 128), seed=3)
     _, half = rescale_pair(np.zeros(labels.shape, np.float32), labels, 0.5)

@@ -21,10 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from flowseg.cli._common import run_main, setup_logging
-from flowseg.data.rescale import check_scale
 from flowseg.errors import InputError
 from flowseg.io.folders import check_out_folder
 from flowseg.io.prep import PrepItem, coco_items, format_summary, prepare_dataset, sartorius_items, usiigaci_items
+from flowseg.rescale import check_scale
 
 __all__ = ["build_parser", "main", "run"]
 

@@ -16,7 +16,7 @@ from scipy import ndimage
 from skimage.transform import resize
 
 from flowseg.config import AugmentConfig
-from flowseg.data.rescale import rescale_image
+from flowseg.rescale import rescale_image
 
 __all__ = ["AffineMap", "random_affine", "apply_affine", "warp_mask", "lower_resolution",
            "adjust_intensity", "augment_pair", "augment_sample"]

@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from flowseg.data.rescale import check_scale, rescale_pair
 from flowseg.errors import InputError
 from flowseg.io.atomic import atomic_path
 from flowseg.io.coco import read_coco
@@ -39,6 +38,7 @@ from flowseg.io.images import read_image
 from flowseg.io.instances import fill_label_holes, relabel_consecutive
 from flowseg.io.sartorius import check_image_shape, read_train_csv
 from flowseg.io.usiigaci import list_usiigaci
+from flowseg.rescale import check_scale, rescale_pair
 
 __all__ = ["LabelledImage", "PrepItem", "PrepResult", "SPLITS", "coco_items", "format_summary",
            "prepare_dataset", "replacing_folder", "sartorius_items", "split_train_val",
@@ -341,7 +341,7 @@ def prepare_dataset(items: Sequence[PrepItem], out: str | os.PathLike, *, val_fr
     scale : float
         Resize every image (linear) and its labels (nearest) by this factor, e.g. 0.5 to bring
         cells twice the size of another data set's to its scale (see
-        :func:`flowseg.data.rescale.rescale_pair`); 1 writes the source pixels unchanged.
+        :func:`flowseg.rescale.rescale_pair`); 1 writes the source pixels unchanged.
     overwrite : bool
         Replace an existing non-empty ``out``.
     options : dict, optional

@@ -21,8 +21,8 @@ import numpy as np
 
 from flowseg.api import image_styles
 from flowseg.data.dataset import Sample
-from flowseg.data.rescale import rescale_image
 from flowseg.model.checkpoint import Model
+from flowseg.rescale import rescale_image
 from flowseg.size import SIZE_MODEL_KEY, SizeModel, fit_size_model, label_diameters
 
 __all__ = ["CHECK_ZOOMS", "SizeFitConfig", "attach_size_model", "fit_model_size",
@@ -51,7 +51,7 @@ class SizeFitConfig:
     max_check_images : int
     smooth_fraction : float
         Share (0-1) of the shrunk crops (zoom < 1) made smaller as most tools shrink images,
-        with Gaussian anti-aliasing (:func:`flowseg.data.rescale.rescale_image`), the rest by
+        with Gaussian anti-aliasing (:func:`flowseg.rescale.rescale_image`), the rest by
         the style pass's own resize: blur makes cells look larger to the network, so the
         estimate must learn not to depend on how an image was made small.
     low_res, levels, spread, tile, tolerance

@@ -8,11 +8,10 @@ import pytest
 import flowseg
 from flowseg.api import choose_scales, model_size
 from flowseg.data.dataset import make_sample
-from flowseg.data.rescale import rescale_pair
+from flowseg.rescale import rescale_pair
 from flowseg.size import label_diameter
 from flowseg.synthetic import make_synthetic
-from flowseg.training.size_fit import (SizeFitConfig, attach_size_model, fit_model_size,
-                                       training_diameters)
+from flowseg.training.size_fit import SizeFitConfig, attach_size_model, fit_model_size, training_diameters
 
 KINDS = ("round", "spindly")
 # A 4x range of cell sizes: round and spindly cells of 7-32 px diameter.

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from flowseg.data.rescale import check_scale, rescale_pair, resize_stack, scaled_shape
+from flowseg.rescale import check_scale, rescale_pair, resize_stack, scaled_shape
 from flowseg.synthetic import make_synthetic
 
 
