@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flowseg.api import DEFAULT_TILE, NORMALIZE, check_tile
 from flowseg.config import SegmentConfig, check_int
 from flowseg.data.normalize import check_percentiles
 from flowseg.device import PRECISIONS
@@ -23,6 +22,7 @@ from flowseg.errors import one_line
 from flowseg.io.atomic import atomic_path
 from flowseg.io.axes import check_channel
 from flowseg.io.outputs import MAP_OUTPUTS, applicable_outputs, check_outputs, output_path
+from flowseg.predict import DEFAULT_TILE, NORMALIZE, check_tile
 from flowseg.rescale import check_scale
 from flowseg.size import check_diameter
 from flowseg.stacks import DEFAULT_STITCH_THRESHOLD, check_stitch_threshold

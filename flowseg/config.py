@@ -100,7 +100,7 @@ class SegmentConfig:
         Whose cell type selects the ``per_class`` values of an instance: its image's (every
         instance of an image filtered with the image's values) or its own (clustered with
         the most permissive values over the classes, then each instance filtered with the
-        values of its own type). See :func:`flowseg.api.labels_from_maps`.
+        values of its own type). See :func:`flowseg.postprocess.segment_maps`.
     min_flow : float
         Foreground pixels whose (unit-scale) flow is shorter than this do not move: they are
         sinks. Targets are unit length except at the sink, and a network's flows shrink near

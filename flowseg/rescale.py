@@ -8,12 +8,14 @@ maps back (:func:`resize_stack`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from skimage.transform import resize
 
-__all__ = ["check_scale", "rescale_image", "rescale_pair", "resize_stack", "scaled_shape"]
+__all__ = ["check_scale", "check_scales", "rescale_image", "rescale_pair", "resize_stack", "scaled_shape"]
 
 
 def check_scale(scale: float, name: str = "scale") -> float:
@@ -25,6 +27,16 @@ def check_scale(scale: float, name: str = "scale") -> float:
     if not (np.isfinite(value) and 0 < value <= 10):
         raise ValueError(f"{name}: expected a resize factor in (0, 10], got {scale!r}")
     return value
+
+
+def check_scales(scale: float | Sequence[float], n: int) -> list[float]:
+    """One checked resize factor per image from one factor or a sequence of ``n``."""
+    if isinstance(scale, (list, tuple, np.ndarray)):
+        if len(scale) != n:
+            raise ValueError(f"scale: expected one factor or one per image ({n}), got {len(scale)}")
+        return [check_scale(s, f"scale[{i}]") for i, s in enumerate(scale)]
+    return [check_scale(scale)] * n
+
 
 
 def scaled_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:

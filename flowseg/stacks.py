@@ -197,7 +197,8 @@ def shared_scales(planes: Sequence[np.ndarray], model, groups: Sequence[int],
         ``segment``'s keyword options (``scale``, ``diameter``, ``precision``, ``normalize``
         are read).
     """
-    from flowseg.api import NORMALIZE, choose_scales, check_model
+    from flowseg.predict import NORMALIZE, check_model
+    from flowseg.scales import choose_scales
 
     if options.get("scale") is not None or options.get("diameter") is not None:
         return options.get("scale")

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from flowseg.api import cluster_config, cluster_maps, image_min_sizes, segment_maps
 from flowseg.config import ClassThresholds, SegmentConfig
 from flowseg.flows import flow_error
 from flowseg.metrics import IOU_THRESHOLDS, Truth, image_score, iou_matrix, match_counts
+from flowseg.postprocess import cluster_config, cluster_maps, image_min_sizes, segment_maps
 from flowseg.rescale import check_scale
 
 __all__ = ["DEFAULT_MIN_GAIN", "ClassTuning", "TuningData", "TuningGrid", "TuningResult", "best_global",

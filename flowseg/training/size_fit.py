@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flowseg.api import image_styles
 from flowseg.data.dataset import Sample
 from flowseg.model.checkpoint import Model
 from flowseg.rescale import rescale_image
+from flowseg.scales import image_styles
 from flowseg.size import SIZE_MODEL_KEY, SizeModel, fit_size_model, label_diameters
 
 __all__ = ["CHECK_ZOOMS", "SizeFitConfig", "attach_size_model", "fit_model_size",
