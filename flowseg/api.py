@@ -23,7 +23,6 @@ Each stage has its own module: :mod:`flowseg.scales` (resize factors), :mod:`flo
 their public names are importable from here too.
 """
 
-
 from __future__ import annotations
 
 import dataclasses
@@ -47,8 +46,8 @@ from flowseg.scales import choose_scales, image_styles, model_size
 
 __all__ = ["DEFAULT_TILE", "NORMALIZE", "ClassValues", "SegmentResult", "check_image",
            "check_model", "check_tile", "choose_scales", "cluster_config", "cluster_maps",
-           "filter_instances", "image_min_sizes", "image_styles", "instance_classes", "load_model", "model_size",
-           "predict_maps", "segment", "segment_maps", "warn_dropped_tuning"]
+           "filter_instances", "image_min_sizes", "image_styles", "instance_classes", "load_model",
+           "model_size", "predict_maps", "segment", "segment_maps", "warn_dropped_tuning"]
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +71,6 @@ def load_model(path: str | Path | Sequence[str | Path] | None = None, *,
         return ensemble([_load_checkpoint(p, device=device) for p in path],
                         names=[str(p) for p in path])
     return _load_checkpoint(path, device=device)
-
 
 
 # ----------------------------------------------------------------------------- entry point

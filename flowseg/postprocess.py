@@ -75,7 +75,6 @@ class SegmentResult:
         return len(self.cell_types)
 
 
-
 # ----------------------------------------------------------------------------- class stage
 def _image_class_from_pixels(cellprob: torch.Tensor, class_probs: torch.Tensor,
                              threshold: float) -> torch.Tensor:
@@ -356,4 +355,3 @@ def segment_maps(maps: Sequence[torch.Tensor], class_names: Sequence[str], *,
                         check_scales(1.0 if scales is None else scales, len(maps)))
     return [_result(lab, m, class_names, p, return_maps)
             for lab, m, p in zip(decisions.labels, maps, decisions.pixel_probs)]
-

@@ -164,7 +164,6 @@ def set_layout(model: Model, device: torch.device, dtype: torch.dtype) -> None:
     model.net.to(memory_format=preferred_memory_format(device, dtype))
 
 
-
 def predict_maps(images: Sequence[np.ndarray], model: Model, *, batch_size: int = 8,
                  tile: int | None = DEFAULT_TILE, tta: bool = False,
                  scale: float | Sequence[float] = 1.0, precision: str = "auto",
@@ -224,4 +223,3 @@ def predict_maps(images: Sequence[np.ndarray], model: Model, *, batch_size: int 
         out = stitch_tiles(outs, grid) if grid else outs[0]
         maps.append(resize_stack(out, shapes[i]) if scales[i] != 1.0 else out)
     return maps
-

@@ -38,7 +38,6 @@ def check_scales(scale: float | Sequence[float], n: int) -> list[float]:
     return [check_scale(scale)] * n
 
 
-
 def scaled_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
     """``(round(H * scale), round(W * scale))``, at least 1 pixel each way."""
     return tuple(max(1, round(n * scale)) for n in shape)  # type: ignore[return-value]

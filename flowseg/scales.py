@@ -36,7 +36,6 @@ def _group_medians(values: np.ndarray, groups: Sequence[int] | None) -> np.ndarr
     return out
 
 
-
 def model_size(model: Model) -> SizeModel | None:
     """The model's :class:`~flowseg.size.SizeModel` (training diameter and zoom regression),
     None when its checkpoint records none (models trained before flowseg 0.x)."""
@@ -138,4 +137,3 @@ def choose_scales(images: Sequence[np.ndarray], model: Model, *,
                      "(diameter %.1f px)", i, z, f, size.diameter / f)
     diameters = [None if size is None else size.diameter / f for f in scales]
     return scales, diameters
-
