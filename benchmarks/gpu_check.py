@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from flows import cellprob_for, median_time, upscaled  # benchmarks/flows.py (this script's folder)
-from flowseg.api import load_model, segment
+from flowseg.api import PredictConfig, load_model, segment
 from flowseg.config import AugmentConfig, ModelConfig, TrainConfig
 from flowseg.data.dataset import CropDataset, make_sample
 from flowseg.flows import _ops, flows_to_labels, labels_to_flows
@@ -149,7 +149,8 @@ def check_segment(sizes: Sizes, device: torch.device) -> dict:
     """``segment`` with the shipped model: normalisation, network, flows -> labels, results."""
     images = list(_synthetic(2 * sizes.batch, sizes.shape)[0])
     model = load_model(device=device)
-    run = _synced(lambda: segment(images, model, batch_size=sizes.batch), device)
+    predict = PredictConfig(batch_size=sizes.batch)
+    run = _synced(lambda: segment(images, model, predict=predict), device)
     run()   # warm-up
     seconds = median_time(run, sizes.repeats)
     rate = len(images) / seconds

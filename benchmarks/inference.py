@@ -17,10 +17,10 @@ shipped model's rows include real post-processing. Inputs: real Sartorius-size s
 ``--batches``' first value), on the real 704x520 Sartorius PNGs of ``flowseg/samples`` and
 ``tests/data``, repeated to ``--n-images``; each stage is one library call timed over all images:
 - flowseg (shipped model, each ``--precision``): read ``read_image``; normalise
-  ``normalize_image``; network ``predict_maps(..., normalize=None)`` on the normalised images
-  (tiling, autocast, stitching); flows -> masks ``segment_maps`` (flow following, clustering,
-  per-type filtering, instance stats); write ``write_labels`` (the masks TIF, as
-  ``flowseg-segment`` writes by default).
+  ``normalize_image``; network ``predict_maps`` (``PredictConfig(normalize=None)``) on the
+  normalised images (tiling, autocast, stitching); flows -> masks ``segment_maps`` (flow
+  following, clustering, per-type filtering, instance stats); write ``write_labels`` (the masks
+  TIF, as ``flowseg-segment`` writes by default).
 - cellpose 3.1 (no pretrained weights can be downloaded here, so a random CPnet, as above): read
   the same ``read_image``; normalise ``transforms.normalize_img`` (what ``eval`` calls, 1-99
   percentiles); network ``CellposeModel.eval(normalize=False, compute_masks=False,
@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowseg.api import load_model, predict_maps, segment, segment_maps
+from flowseg.api import PredictConfig, load_model, predict_maps, segment, segment_maps
 from flowseg.config import ModelConfig
 from flowseg.device import resolve_device
 from flowseg.data.normalize import normalize_image
@@ -79,9 +79,11 @@ def _time(fn, repeats: int) -> float:
 def _flowseg_rows(name: str, model: Model, images, batches, repeats, precisions) -> list[tuple]:
     rows = []
     for precision in precisions:
-        segment(images[:1], model, batch_size=1, precision=precision)  # warm-up
+        segment(images[:1], model,
+                predict=PredictConfig(batch_size=1, precision=precision))  # warm-up
         for b in batches:
-            seconds = _time(lambda: segment(images, model, batch_size=b, precision=precision), repeats)
+            predict = PredictConfig(batch_size=b, precision=precision)
+            seconds = _time(lambda: segment(images, model, predict=predict), repeats)
             rows.append((f"{name} {precision}", b, len(images), seconds, len(images) / seconds))
     return rows
 
@@ -124,9 +126,9 @@ def _flowseg_stages(model, paths, out_dir, batch, precision, repeats):
     """Seconds per image of read, normalise, network, flows -> masks, write; and the maps."""
     read, images = _stage(lambda ps: [read_image(p) for p in ps], paths, repeats)
     norm, normed = _stage(lambda ims: [normalize_image(im) for im in ims], images, repeats)
-    predict_maps(normed[:1], model, batch_size=1, precision=precision, normalize=None)  # warm-up
-    net, maps = _stage(lambda xs: predict_maps(xs, model, batch_size=batch, precision=precision,
-                                               normalize=None), normed, repeats)
+    predict = PredictConfig(batch_size=batch, precision=precision, normalize=None)
+    predict_maps(normed[:1], model, predict=predict)  # warm-up
+    net, maps = _stage(lambda xs: predict_maps(xs, model, predict=predict), normed, repeats)
     segment_maps(maps[:1], model.class_names, config=model.segment_config)  # warm-up
     post, results = _stage(lambda ms: segment_maps(ms, model.class_names,
                                                    config=model.segment_config,

@@ -23,7 +23,7 @@ from cellpose_baseline import (  # this folder (run as a script)
 )
 
 import flowseg
-from flowseg.api import predict_maps, segment_maps
+from flowseg.api import PredictConfig, predict_maps, segment_maps
 from flowseg.config import SegmentConfig
 from flowseg.data.dataset import load_folder
 from flowseg.metrics import image_score
@@ -47,7 +47,7 @@ def main() -> None:
     net.load_model(str(args.cellpose_weights))
     net.eval()
     model = flowseg.load_model(args.flowseg_model)
-    ours = predict_maps([s.image for s in samples], model, tile=None)
+    ours = predict_maps([s.image for s in samples], model, predict=PredictConfig(tile=None))
     scores: dict[str, dict[str, list[float]]] = {}
     for sample, fs in zip(samples, ours):
         cp = cellpose_maps(net, sample.image)

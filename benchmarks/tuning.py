@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowseg.api import instance_classes, predict_maps, segment_maps
+from flowseg.api import PredictConfig, instance_classes, predict_maps, segment_maps
 from flowseg.config import AugmentConfig, ClassThresholds, ModelConfig, SegmentConfig, TrainConfig
 from flowseg.data.dataset import make_sample
 from flowseg.model.checkpoint import load_model
@@ -132,7 +132,8 @@ def _per_type(scores: np.ndarray, types: tuple[str, ...]) -> list[float]:
 
 def _maps(model, split: str, n: int, shape: tuple[int, int], offset: int = 0) -> TuningData:
     images, truths, types = load_split(split, n, shape, offset=offset)
-    return TuningData(predict_maps(images, model, tile=None), truths, types, model.class_names)
+    maps = predict_maps(images, model, predict=PredictConfig(tile=None))
+    return TuningData(maps, truths, types, model.class_names)
 
 
 def _configs(val: TuningData, grid: TuningGrid) -> tuple[dict[str, SegmentConfig], dict]:

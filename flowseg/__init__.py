@@ -8,13 +8,15 @@ Public API::
     flowseg.metrics.image_score                        # the competition metric
 
 Configuration objects: :class:`SegmentConfig` (post-processing thresholds, per cell type),
+:class:`PredictConfig` (how the network runs: tiles, flips, precision, normalisation),
 :class:`ModelConfig`, :class:`TrainConfig`. Submodules: ``flowseg.io`` (file formats),
 ``flowseg.flows``, ``flowseg.metrics``, ``flowseg.model``, ``flowseg.training``,
 ``flowseg.tuning``, ``flowseg.batch``.
 """
 
 from flowseg import flows, metrics, training
-from flowseg.api import SegmentResult, load_model, predict_maps, segment, segment_maps
+from flowseg.api import (PredictConfig, SegmentResult, load_model, predict_maps, segment,
+                         segment_maps)
 from flowseg.config import AugmentConfig, ClassThresholds, ModelConfig, SegmentConfig, TrainConfig
 from flowseg.model.checkpoint import Model, save_model
 from flowseg.model.pretrained import sample_paths
@@ -23,8 +25,8 @@ from flowseg.tuning import TuningData, TuningGrid, tune
 __version__ = "0.1.0"
 
 __all__ = [
-    "AugmentConfig", "ClassThresholds", "Model", "ModelConfig", "SegmentConfig", "SegmentResult",
-    "TrainConfig", "TuningData", "TuningGrid", "__version__", "flows", "load_model", "metrics",
-    "training",
-    "predict_maps", "sample_paths", "save_model", "segment", "segment_maps", "tune",
+    "AugmentConfig", "ClassThresholds", "Model", "ModelConfig", "PredictConfig", "SegmentConfig",
+    "SegmentResult", "TrainConfig", "TuningData", "TuningGrid", "__version__", "flows",
+    "load_model", "metrics", "predict_maps", "sample_paths", "save_model", "segment",
+    "segment_maps", "training", "tune",
 ]

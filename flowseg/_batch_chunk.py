@@ -16,13 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from flowseg.config import SegmentConfig, check_int
-from flowseg.data.normalize import check_percentiles
-from flowseg.device import PRECISIONS
 from flowseg.errors import one_line
 from flowseg.io.atomic import atomic_path
 from flowseg.io.axes import check_channel
 from flowseg.io.outputs import MAP_OUTPUTS, applicable_outputs, check_outputs, output_path
-from flowseg.predict import DEFAULT_TILE, NORMALIZE, check_tile
+from flowseg.predict import DEFAULT_TILE, NORMALIZE, PredictConfig
 from flowseg.rescale import check_scale
 from flowseg.size import check_diameter
 from flowseg.stacks import DEFAULT_STITCH_THRESHOLD, check_stitch_threshold
@@ -108,14 +106,14 @@ class BatchConfig:
     stitch_threshold: float = DEFAULT_STITCH_THRESHOLD
 
     def __post_init__(self) -> None:
-        check_int("batch_size", self.batch_size, minimum=1)
+        predict = self.predict   # checks batch_size, tile, tta, precision, normalize
+        object.__setattr__(self, "tile", predict.tile)
+        object.__setattr__(self, "normalize", predict.normalize)
         check_int("chunk", self.chunk, minimum=1)
         if self.worker_threads is not None:
             check_int("worker_threads", self.worker_threads, minimum=1)
-        object.__setattr__(self, "tile", check_tile(self.tile, size_multiple=1))
-        for name in ("tta", "overlay"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name}: expected a bool, got {getattr(self, name)!r}")
+        if not isinstance(self.overlay, bool):
+            raise TypeError(f"overlay: expected a bool, got {self.overlay!r}")
         if self.scale is not None and self.diameter is not None:
             raise ValueError(f"scale, diameter: give one of them, not both (got scale="
                              f"{self.scale!r}, diameter={self.diameter!r})")
@@ -123,10 +121,7 @@ class BatchConfig:
             check_scale(self.scale)
         if self.diameter is not None:
             check_diameter(self.diameter)
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision: expected one of {PRECISIONS}, got {self.precision!r}")
         object.__setattr__(self, "save", check_outputs(self.save))
-        object.__setattr__(self, "normalize", check_percentiles(self.normalize))
         object.__setattr__(self, "channel", check_channel(self.channel))
         if not isinstance(self.segment, Mapping):
             raise TypeError(f"segment: expected a mapping of SegmentConfig.override values, "
@@ -137,6 +132,13 @@ class BatchConfig:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise TypeError(f"{name}: expected an int axis index or None, got {value!r}")
         check_stitch_threshold(self.stitch_threshold)
+
+    @property
+    def predict(self) -> PredictConfig:
+        """How the network runs (this config's ``batch_size``, ``tile``, ``tta``, ``precision``,
+        ``normalize``)."""
+        return PredictConfig(batch_size=self.batch_size, tile=self.tile, tta=self.tta,
+                             precision=self.precision, normalize=self.normalize)
 
     def settings(self) -> dict[str, Any]:
         """The options the outputs depend on, for the completeness record (options at their
@@ -324,13 +326,11 @@ def _segment_items(items: list[_Item], model, config: BatchConfig) -> list:
 
     def run(batch: list[_Item]) -> list:
         planes = [p for item in batch for p in item.planes]
-        options = {"scale": config.scale, "diameter": config.diameter,
-                   "precision": config.precision, "normalize": config.normalize}
+        options = {"scale": config.scale, "diameter": config.diameter, "predict": config.predict}
         if any(item.is_stack for item in batch):   # a stack's planes share one scale
             options["scale"] = shared_scales(
                 planes, model, [k for k, item in enumerate(batch) for _ in item.planes], options)
-        planes = segment(planes, model, batch_size=config.batch_size, config=segment_config,
-                         tile=config.tile, tta=config.tta,
+        planes = segment(planes, model, config=segment_config,
                          return_maps=any(k in MAP_OUTPUTS for k in config.save), **options)
         out, start = [], 0
         for item in batch:

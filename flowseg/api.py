@@ -33,19 +33,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowseg.config import CLASS_FIELDS, SegmentConfig, check_int
+from flowseg.config import CLASS_FIELDS, SegmentConfig
 from flowseg.data.normalize import normalize_image
 from flowseg.device import resolve_device
 from flowseg.model.checkpoint import Model
 from flowseg.model.checkpoint import load_model as _load_checkpoint
 from flowseg.postprocess import (ClassValues, SegmentResult, cluster_config, cluster_maps, filter_instances,
                                  image_min_sizes, instance_classes, segment_maps)
-from flowseg.predict import (DEFAULT_TILE, NORMALIZE, check_image, check_images, check_model, check_tile,
-                             predict_maps)
+from flowseg.predict import (DEFAULT_TILE, NORMALIZE, PredictConfig, check_image, check_images,
+                             check_model, check_predict, check_tile, predict_maps)
 from flowseg.scales import choose_scales, image_styles, model_size
 
-__all__ = ["DEFAULT_TILE", "NORMALIZE", "ClassValues", "SegmentResult", "check_image",
-           "check_model", "check_tile", "choose_scales", "cluster_config", "cluster_maps",
+__all__ = ["DEFAULT_TILE", "NORMALIZE", "ClassValues", "PredictConfig", "SegmentResult",
+           "check_image", "check_model", "check_tile", "choose_scales", "cluster_config",
+           "cluster_maps",
            "filter_instances", "image_min_sizes", "image_styles", "instance_classes", "load_model",
            "model_size", "predict_maps", "segment", "segment_maps", "warn_dropped_tuning"]
 
@@ -97,12 +98,10 @@ def warn_dropped_tuning(config: SegmentConfig, model: Model) -> None:
                     "types: %s)", ", ".join(unknown), ", ".join(model.class_names))
 
 
-def segment(images: Sequence[np.ndarray], model: Model, *, batch_size: int = 8,
-            config: SegmentConfig | None = None, tile: int | None = DEFAULT_TILE,
-            tta: bool = False, scale: float | Sequence[float] | None = None,
-            diameter: float | None = None,
-            return_maps: bool = False, precision: str = "auto",
-            normalize: tuple[float, float] | None = NORMALIZE) -> list[SegmentResult]:
+def segment(images: Sequence[np.ndarray], model: Model, *, config: SegmentConfig | None = None,
+            predict: PredictConfig | None = None, scale: float | Sequence[float] | None = None,
+            diameter: float | None = None, return_maps: bool = False,
+            **options) -> list[SegmentResult]:
     """Segment images with a flowseg model.
 
     Parameters
@@ -114,18 +113,14 @@ def segment(images: Sequence[np.ndarray], model: Model, *, batch_size: int = 8,
         once, then call ``segment`` as often as needed). A list segments with the ensemble of
         the models (maps averaged; ``config=None`` takes the first model's thresholds: tune the
         ensemble for its own, ``flowseg-evaluate tune --model a.pt --model b.pt ...``).
-    batch_size : int
-        Network tiles (or whole images) per forward pass.
     config : SegmentConfig, optional
         Post-processing thresholds; ``None`` uses those stored with the model (tuned values).
         To change a few and keep the tuned rest: ``model.segment_config.override(min_size=30)``
         (a config that would drop or ignore the tuned values is used, with a warning).
-    tile : int or None
-        Network tile side in pixels, a positive multiple of the model's ``size_multiple`` (8
-        for the default model; see :func:`check_tile`); larger images are tiled with overlap
-        and blended. ``0`` or ``None`` runs each image whole (untiled).
-    tta : bool
-        Average the four flips of each tile (4x the network cost).
+    predict : PredictConfig, optional
+        How the network runs: batch size, tile side (default 256; None: whole images), flip
+        test-time augmentation, precision (bf16 where the hardware has it), percentile
+        normalisation; ``None``: the defaults. E.g. ``PredictConfig(tile=512, tta=True)``.
     scale : float or sequence of float, optional
         Resize factor (one, or one per image) applied to each image before the network (the
         network's maps are resized back, so labels always have the image's size). A network
@@ -142,37 +137,32 @@ def segment(images: Sequence[np.ndarray], model: Model, *, batch_size: int = 8,
         ``SegmentResult.scale`` and ``.diameter``.
     return_maps : bool
         Keep the predicted flows and cell-probability logits in the results.
-    precision : {"auto", "bf16", "fp32"}
-        The network's arithmetic: ``"auto"`` is bf16 autocast on CUDA and on CPUs with native
-        bf16 (AVX-512 BF16 / AMX, where it is 2-3x faster), float32 elsewhere; ``"fp32"``
-        always float32 (see :func:`flowseg.device.resolve_precision`). Maps are float32 either
-        way, and flow following is the same.
-    normalize : (float, float) or None
-        Percentiles of each image channel mapped to 0 and 1 before the network (default 1, 99,
-        as in training; cellpose's ``norm_percentile``); None: pixel values as they are
-        (cellpose's ``--no_norm``), for images already scaled to about [0, 1].
+    **options
+        Deprecated: the :class:`PredictConfig` fields (``batch_size``, ``tile``, ``tta``,
+        ``precision``, ``normalize``) as separate keywords, the way before it; they still work, with
+        a FutureWarning.
 
     Returns
     -------
     list of SegmentResult
         One per image, in order.
     """
+    predict = check_predict(predict, options)
     model = check_model(model)
     config = model.segment_config if config is None else config
     if not isinstance(config, SegmentConfig):
         raise TypeError(f"config: expected a SegmentConfig or None, got {type(config).__name__}")
-    check_int("batch_size", batch_size, minimum=1)
     warn_dropped_tuning(config, model)
     images = check_images(images, model.model_config.in_channels)
     if not images:
         return []
     # Normalised once here for both the size estimate and the network (each would redo it).
-    images = [normalize_image(im, percentiles=normalize) for im in images]
+    images = [normalize_image(im, percentiles=predict.normalize) for im in images]
+    normalized = dataclasses.replace(predict, normalize=None)
     scales, diameters = choose_scales(images, model, scale=scale, diameter=diameter,
-                                      precision=precision, normalize=None)
-    maps = predict_maps(images, model, batch_size=batch_size, tile=tile, tta=tta, scale=scales,
-                        precision=precision, normalize=None)
-    results = segment_maps(maps, model.class_names, config=config, batch_size=batch_size,
+                                      predict=normalized)
+    maps = predict_maps(images, model, predict=normalized, scale=scales)
+    results = segment_maps(maps, model.class_names, config=config, batch_size=predict.batch_size,
                            return_maps=return_maps, scales=scales)
     return [dataclasses.replace(r, scale=f, diameter=d)
             for r, f, d in zip(results, scales, diameters)]

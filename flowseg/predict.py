@@ -1,24 +1,29 @@
 """The network stage of segmentation: input checks, then the network run over images of any
 sizes (:func:`predict_maps`: tiles of all images batched together, optional flip test-time
-augmentation, tiles blended back, maps resized back to each image's size)."""
+augmentation, tiles blended back, maps resized back to each image's size). How the network runs
+is one :class:`PredictConfig`."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from flowseg.config import check_int
 from flowseg.data.normalize import check_percentiles, normalize_image
-from flowseg.device import autocast, preferred_memory_format, resolve_precision
+from flowseg.device import PRECISIONS, autocast, preferred_memory_format, resolve_precision
 from flowseg.model.checkpoint import Model
 from flowseg.rescale import check_scales, resize_stack, scaled_shape
 from flowseg.tiling import TileGrid, split_tiles, stitch_tiles, tile_grid
 
-__all__ = ["DEFAULT_TILE", "NORMALIZE", "TILE_OVERLAP", "check_image", "check_images", "check_model",
-           "check_tile", "predict_maps", "set_layout"]
+__all__ = ["DEFAULT_TILE", "NORMALIZE", "PREDICT_FIELDS", "TILE_OVERLAP", "PredictConfig",
+           "check_image", "check_images", "check_model", "check_predict", "check_tile",
+           "predict_maps", "set_layout"]
 
 #: Default network tile side in pixels (images larger than this are tiled with overlap).
 DEFAULT_TILE = 256
@@ -87,6 +92,85 @@ def check_tile(tile: object, *, size_multiple: int) -> int | None:
         raise ValueError(f"tile: expected 0 (whole images, untiled) or {allowed}, e.g. {example}; "
                          f"got {tile}")
     return int(tile)
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """How the network runs over images (what the maps are made of is
+    :class:`~flowseg.config.SegmentConfig`'s part). Checked when made; change one value with
+    ``dataclasses.replace(config, tile=512)``.
+
+    Attributes
+    ----------
+    batch_size : int
+        Network tiles (or whole images) per forward pass.
+    tile : int or None
+        Network tile side in pixels, a positive multiple of the model's ``size_multiple`` (8
+        for the default model; checked against the model when it runs, :func:`check_tile`);
+        larger images are tiled with overlap and blended. ``0`` or ``None`` runs each image
+        whole (untiled; ``0`` is stored as ``None``).
+    tta : bool
+        Average the four flips of each tile (4x the network cost).
+    precision : {"auto", "bf16", "fp32"}
+        The network's arithmetic: ``"auto"`` is bf16 autocast on CUDA and on CPUs with native
+        bf16 (AVX-512 BF16 / AMX, where it is 2-3x faster), float32 elsewhere; ``"fp32"``
+        always float32 (see :func:`flowseg.device.resolve_precision`). Maps are float32 either
+        way, and flow following is the same.
+    normalize : (float, float) or None
+        Percentiles of each image channel mapped to 0 and 1 before the network (default 1, 99,
+        as in training; cellpose's ``norm_percentile``); None: pixel values as they are
+        (cellpose's ``--no_norm``), for images already scaled to about [0, 1].
+    """
+
+    batch_size: int = 8
+    tile: int | None = DEFAULT_TILE
+    tta: bool = False
+    precision: str = "auto"
+    normalize: tuple[float, float] | None = NORMALIZE
+
+    def __post_init__(self) -> None:
+        check_int("batch_size", self.batch_size, minimum=1)
+        object.__setattr__(self, "tile", check_tile(self.tile, size_multiple=1))
+        if not isinstance(self.tta, bool):
+            raise TypeError(f"tta: expected a bool, got {self.tta!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: expected one of {PRECISIONS}, got {self.precision!r}")
+        object.__setattr__(self, "normalize", check_percentiles(self.normalize))
+
+
+#: The fields of :class:`PredictConfig` (the keyword options ``segment`` took before it).
+PREDICT_FIELDS = tuple(f.name for f in dataclasses.fields(PredictConfig))
+
+
+def check_predict(predict: object, options: dict | None = None, *, caller: str = "segment"
+                  ) -> PredictConfig:
+    """``predict`` as a :class:`PredictConfig` (None: the defaults).
+
+    ``options``: the network options given one by one as keywords (``batch_size``, ``tile``,
+    ``tta``, ``precision``, ``normalize``), as ``caller`` took them before ``PredictConfig``;
+    they still work, with a FutureWarning, and make the config.
+
+    Raises
+    ------
+    TypeError
+        ``predict`` is not a PredictConfig or None; an unknown keyword; both ``predict`` and
+        ``options``.
+    """
+    options = options or {}
+    unknown = sorted(set(options) - set(PREDICT_FIELDS))
+    if unknown:
+        raise TypeError(f"{caller}() got unexpected keyword argument(s) {', '.join(unknown)}")
+    if predict is not None and not isinstance(predict, PredictConfig):
+        raise TypeError(f"predict: expected a PredictConfig or None, got {type(predict).__name__}")
+    if not options:
+        return PredictConfig() if predict is None else predict
+    given = ", ".join(f"{k}={v!r}" for k, v in options.items())
+    if predict is not None:
+        raise TypeError(f"{caller}: give the network options in predict=PredictConfig(...) only, "
+                        f"not also as keywords ({given})")
+    warnings.warn(f"{caller}({', '.join(options)}=...) is deprecated: pass "
+                  f"predict=flowseg.PredictConfig({given})", FutureWarning, stacklevel=3)
+    return PredictConfig(**options)
 
 
 def check_image(image: object, in_channels: int, name: str) -> np.ndarray:
@@ -164,32 +248,32 @@ def set_layout(model: Model, device: torch.device, dtype: torch.dtype) -> None:
     model.net.to(memory_format=preferred_memory_format(device, dtype))
 
 
-def predict_maps(images: Sequence[np.ndarray], model: Model, *, batch_size: int = 8,
-                 tile: int | None = DEFAULT_TILE, tta: bool = False,
-                 scale: float | Sequence[float] = 1.0, precision: str = "auto",
-                 normalize: tuple[float, float] | None = NORMALIZE) -> list[torch.Tensor]:
+def predict_maps(images: Sequence[np.ndarray], model: Model, *,
+                 predict: PredictConfig | None = None, scale: float | Sequence[float] = 1.0,
+                 **options) -> list[torch.Tensor]:
     """Run the network over images of any sizes, batching tiles of all images together.
 
-    With ``scale != 1`` (one factor, or one per image) each normalised image is resized by its
-    factor before the network and its maps are resized back to the image's own size (see
-    ``segment``). ``tile`` (0 or None: whole images), ``precision`` and ``normalize`` as in
-    :func:`segment`.
+    ``predict``: how the network runs (tiles, flips, precision, normalisation; None: the
+    defaults), see :class:`PredictConfig`. With ``scale != 1`` (one factor, or one per image)
+    each normalised image is resized by its factor before the network and its maps are resized
+    back to the image's own size (see ``segment``). ``options``: the :class:`PredictConfig`
+    fields as keywords, the way before it (deprecated).
 
     Returns
     -------
     list of (3 + K, H, W) float32 tensors (on the model's device)
         Per image: unit flows (dy, dx), cell-probability logit, K class logits.
     """
+    predict = check_predict(predict, options, caller="predict_maps")
     model = check_model(model)
     images = check_images(images, model.model_config.in_channels)
-    check_int("batch_size", batch_size, minimum=1)
-    tile = check_tile(tile, size_multiple=model.model_config.size_multiple)
+    tile = check_tile(predict.tile, size_multiple=model.model_config.size_multiple)
     scales = check_scales(scale, len(images))
-    normalize = check_percentiles(normalize)
     device = next(model.net.parameters()).device
-    dtype = resolve_precision(precision, device)
+    dtype = resolve_precision(predict.precision, device)
     set_layout(model, device, dtype)
-    tensors = [torch.from_numpy(normalize_image(im, percentiles=normalize)) for im in images]
+    tensors = [torch.from_numpy(normalize_image(im, percentiles=predict.normalize))
+               for im in images]
     shapes = [tuple(t.shape[-2:]) for t in tensors]
     tensors = [resize_stack(t, scaled_shape(hw, f)) if f != 1.0 else t
                for t, hw, f in zip(tensors, shapes, scales)]
@@ -209,11 +293,11 @@ def predict_maps(images: Sequence[np.ndarray], model: Model, *, batch_size: int 
         while start < len(order):
             shape = pieces[order[start]][1].shape
             batch = [order[start]]
-            while (len(batch) < batch_size and start + len(batch) < len(order)
+            while (len(batch) < predict.batch_size and start + len(batch) < len(order)
                    and pieces[order[start + len(batch)]][1].shape == shape):
                 batch.append(order[start + len(batch)])
             x = torch.stack([pieces[k][1] for k in batch]).to(device)
-            y = _forward(model, x, tta=tta, dtype=dtype)
+            y = _forward(model, x, tta=predict.tta, dtype=dtype)
             for k, out in zip(batch, y):
                 outputs[pieces[k][0]].append((k, out))
             start += len(batch)

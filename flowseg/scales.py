@@ -12,7 +12,8 @@ import torch
 from flowseg.data.normalize import check_percentiles, normalize_image
 from flowseg.device import autocast, preferred_memory_format, resolve_precision
 from flowseg.model.checkpoint import Model
-from flowseg.predict import NORMALIZE, check_images, check_model, set_layout
+from flowseg.predict import (NORMALIZE, PredictConfig, check_images, check_model, check_predict,
+                             set_layout)
 from flowseg.rescale import check_scale, check_scales, resize_stack, scaled_shape
 from flowseg.size import SIZE_MODEL_KEY, SizeModel, scale_for_diameter
 from flowseg.tiling import split_tiles, tile_grid
@@ -90,15 +91,15 @@ def image_styles(images: Sequence[np.ndarray], model: Model, *, factors: Sequenc
 
 def choose_scales(images: Sequence[np.ndarray], model: Model, *,
                   scale: float | Sequence[float] | None = None,
-                  diameter: float | None = None, precision: str = "auto",
-                  normalize: tuple[float, float] | None = NORMALIZE,
+                  diameter: float | None = None, predict: PredictConfig | None = None,
                   groups: Sequence[int] | None = None
                   ) -> tuple[list[float], list[float | None]]:
     """The resize factor of each image, and the cell diameter it corresponds to.
 
     ``scale`` given: that factor (one, or one per image). ``diameter`` given: ``model diameter
     / diameter``. Neither: the model's size model estimates each image's zoom (one encoder pass
-    at ``low_res``; see :mod:`flowseg.size`); a model without one is run at scale 1.
+    at ``low_res``, with ``predict``'s precision and normalisation; see :mod:`flowseg.size`); a
+    model without one is run at scale 1.
     ``groups`` (one id per image): images with the same id, such as the planes of one z-stack,
     share one estimate, the median of their zooms, so that they are resized alike.
 
@@ -108,6 +109,7 @@ def choose_scales(images: Sequence[np.ndarray], model: Model, *,
     diameters : list of float or None
         ``model diameter / scale`` (None when the model records no diameter).
     """
+    predict = check_predict(predict, caller="choose_scales")
     size = model_size(model)
     if scale is not None and diameter is not None:
         raise ValueError(f"scale, diameter: give one of them, not both (got scale={scale!r}, "
@@ -129,7 +131,7 @@ def choose_scales(images: Sequence[np.ndarray], model: Model, *,
     else:
         styles = image_styles(images, model, factors=[size.low_res] * len(images),
                               levels=size.levels, spread=size.spread, tile=size.tile,
-                              precision=precision, normalize=normalize)
+                              precision=predict.precision, normalize=predict.normalize)
         zooms = _group_medians(size.zooms(styles), groups)
         scales = [size.scale(z) for z in zooms]
         for i, (z, f) in enumerate(zip(zooms, scales)):

@@ -194,17 +194,15 @@ def shared_scales(planes: Sequence[np.ndarray], model, groups: Sequence[int],
     groups : sequence of int
         One id per plane: the stack it belongs to.
     options : mapping
-        ``segment``'s keyword options (``scale``, ``diameter``, ``precision``, ``normalize``
-        are read).
+        ``segment``'s keyword options (``scale``, ``diameter``, ``predict`` are read).
     """
-    from flowseg.predict import NORMALIZE, check_model
+    from flowseg.predict import check_model
     from flowseg.scales import choose_scales
 
     if options.get("scale") is not None or options.get("diameter") is not None:
         return options.get("scale")
     scales, _ = choose_scales(planes, check_model(model), groups=groups,
-                              precision=options.get("precision", "auto"),
-                              normalize=options.get("normalize", NORMALIZE))
+                              predict=options.get("predict"))
     return scales
 
 
@@ -220,7 +218,7 @@ def segment_stack(stack: np.ndarray, model, *,
     stitch_threshold : float
         See :func:`stitch_planes`.
     **options
-        Passed to :func:`flowseg.segment` (``config``, ``tile``, ``return_maps``, ...). Without
+        Passed to :func:`flowseg.segment` (``config``, ``predict``, ``return_maps``, ...). Without
         ``scale`` or ``diameter``, all planes share one scale, from the median of their
         estimated cell sizes (:func:`flowseg.api.choose_scales` with ``groups``).
 
@@ -229,8 +227,11 @@ def segment_stack(stack: np.ndarray, model, *,
     StackResult
     """
     from flowseg.api import segment
+    from flowseg.predict import PREDICT_FIELDS, check_predict
 
     check_stitch_threshold(stitch_threshold)
+    legacy = {k: options.pop(k) for k in PREDICT_FIELDS if k in options}
+    options["predict"] = check_predict(options.get("predict"), legacy, caller="segment_stack")
     if not isinstance(stack, np.ndarray) or stack.ndim not in (3, 4):
         raise ValueError(f"stack: expected a (Z, H, W) or (Z, C, H, W) array, got "
                          f"{getattr(stack, 'shape', type(stack).__name__)}")

@@ -4,19 +4,22 @@ import numpy as np
 import pytest
 import torch
 
-from flowseg.api import predict_maps, segment
+from flowseg.api import PredictConfig, predict_maps, segment
 from flowseg.config import ModelConfig, SegmentConfig
 from flowseg.metrics import image_score
 from flowseg.model.checkpoint import Model
 from flowseg.synthetic import make_synthetic
 from tests.model_fixtures import OracleNet, tiny_model
 
+WHOLE = PredictConfig(tile=None)   # whole images, untiled
+WHOLE_FP32 = PredictConfig(tile=None, precision="fp32")
+
 
 def test_mixed_sizes_give_consistent_results():
     model = tiny_model()
     images = [np.random.default_rng(i).random(shape).astype(np.float32)
               for i, shape in enumerate([(40, 50), (70, 33), (40, 50)])]
-    results = segment(images, model, batch_size=2, tile=32, return_maps=True)
+    results = segment(images, model, predict=PredictConfig(batch_size=2, tile=32), return_maps=True)
     assert len(results) == 3
     for image, res in zip(images, results):
         n = int(res.labels.max())
@@ -30,16 +33,16 @@ def test_mixed_sizes_give_consistent_results():
 def test_bf16_maps_are_close_to_fp32_maps():
     model = tiny_model()
     image = make_synthetic("round", shape=(64, 80), seed=2)[0]
-    fp32 = predict_maps([image], model, tile=None, precision="fp32")[0]
-    bf16 = predict_maps([image], model, tile=None, precision="bf16")[0]
+    fp32 = predict_maps([image], model, predict=WHOLE_FP32)[0]
+    bf16 = predict_maps([image], model, predict=PredictConfig(tile=None, precision="bf16"))[0]
     assert fp32.dtype == bf16.dtype == torch.float32
     scale = fp32.abs().max().item()
     assert (bf16 - fp32).abs().max().item() <= 0.05 * scale
     assert not torch.equal(bf16, fp32)  # bf16 did run
-    (result,) = segment([image], model, precision="bf16")
+    (result,) = segment([image], model, predict=PredictConfig(precision="bf16"))
     assert result.labels.shape == image.shape
     with pytest.raises(ValueError, match="precision: expected one of"):
-        segment([image], model, precision="half")
+        segment([image], model, predict=PredictConfig(precision="half"))
 
 
 def test_oracle_maps_give_back_the_labels_and_types():
@@ -47,7 +50,7 @@ def test_oracle_maps_give_back_the_labels_and_types():
     config = ModelConfig(n_classes=3, widths=(8, 16))
     model = Model(OracleNet(labels, k=2, n_classes=3), config, ("a", "b", "c"),
                   SegmentConfig(min_size=0))
-    (res,) = segment([np.zeros((96, 96), np.float32)], model, tile=None)
+    (res,) = segment([np.zeros((96, 96), np.float32)], model, predict=WHOLE)
     assert image_score(labels, res.labels).score >= 0.99
     assert set(res.cell_types) == {"c"} and res.image_cell_type == "c"
     assert np.all(res.scores > 0.9)
@@ -62,9 +65,9 @@ def test_per_class_thresholds_follow_the_image_class():
     huge = ClassThresholds(min_size=10_000)
     model = Model(OracleNet(labels, k=1, n_classes=2), config, ("a", "b"),
                   SegmentConfig(min_size=0, per_class={"b": huge}))
-    (res,) = segment([np.zeros((96, 96), np.float32)], model, tile=None)
+    (res,) = segment([np.zeros((96, 96), np.float32)], model, predict=WHOLE)
     assert res.n_instances == 0 and res.image_cell_type == "b"
-    (res,) = segment([np.zeros((96, 96), np.float32)], model, tile=None,
+    (res,) = segment([np.zeros((96, 96), np.float32)], model, predict=WHOLE,
                      config=SegmentConfig(min_size=0, per_class={"a": huge}))
     assert res.n_instances == labels.max()
 
@@ -80,7 +83,7 @@ def test_bad_inputs_are_clear_errors():
     with pytest.raises(TypeError, match="config"):
         segment([np.zeros((32, 32))], model, config={"min_size": 3})
     with pytest.raises(ValueError, match="batch_size"):
-        segment([np.zeros((32, 32))], model, batch_size=0)
+        segment([np.zeros((32, 32))], model, predict=PredictConfig(batch_size=0))
     assert segment([], model) == []
 
 
@@ -92,14 +95,14 @@ def test_scale_runs_the_network_at_the_scaled_size_and_returns_full_size_labels(
     config = ModelConfig(n_classes=2, widths=(8, 16))
     # The oracle only accepts 64 x 64 input: the network must see the image at scale 0.5.
     model = Model(OracleNet(half, k=0, n_classes=2), config, ("a", "b"), SegmentConfig(min_size=0))
-    (res,) = segment([np.zeros((128, 128), np.float32)], model, tile=None, scale=0.5)
+    (res,) = segment([np.zeros((128, 128), np.float32)], model, predict=WHOLE, scale=0.5)
     assert res.labels.shape == (128, 128)
     # Halving these ~12 px cells loses detail: the best possible is the halved labels enlarged.
     _, best = rescale_pair(np.zeros(half.shape, np.float32), half, 2.0)
     assert image_score(labels, res.labels).score >= 0.75 * image_score(labels, best).score
     assert image_score(labels, res.labels).tp[0] >= 0.8 * labels.max()
     with pytest.raises(ValueError, match="scale"):
-        segment([np.zeros((128, 128), np.float32)], model, tile=None, scale=0.0)
+        segment([np.zeros((128, 128), np.float32)], model, predict=WHOLE, scale=0.0)
 
 
 def test_segment_applies_min_size_at_the_chosen_scale():
@@ -112,7 +115,7 @@ def test_segment_applies_min_size_at_the_chosen_scale():
     model = Model(OracleNet(labels, k=0, n_classes=2), ModelConfig(n_classes=2, widths=(8, 16)),
                   ("a", "b"), SegmentConfig(min_size=4 * cut))
     # the user's image is the half-size one; scale 2 shows the network the full-size cells
-    (res,) = segment([np.zeros(half.shape, np.float32)], model, tile=None, scale=2.0)
+    (res,) = segment([np.zeros(half.shape, np.float32)], model, predict=WHOLE, scale=2.0)
     kept = np.bincount(res.labels.ravel())[1:]
     assert res.labels.shape == half.shape
     assert kept.size >= 0.8 * (area >= cut).sum() and kept.min() >= 0.8 * cut
@@ -122,10 +125,11 @@ def test_segment_applies_min_size_at_the_chosen_scale():
 def test_tile_zero_is_untiled_in_segment_and_predict_maps():
     model = tiny_model()
     image = np.random.default_rng(0).random((40, 56)).astype(np.float32)
-    np.testing.assert_array_equal(predict_maps([image], model, tile=0)[0].numpy(),
-                                  predict_maps([image], model, tile=None)[0].numpy())
+    np.testing.assert_array_equal(predict_maps([image], model,
+                                               predict=PredictConfig(tile=0))[0].numpy(),
+                                  predict_maps([image], model, predict=WHOLE)[0].numpy())
     with pytest.raises(ValueError, match="multiple of 4"):  # widths (8, 16, 32): 2 poolings
-        segment([image], model, tile=18)
+        segment([image], model, predict=PredictConfig(tile=18))
 
 
 @pytest.mark.parametrize("batch_size, exc", [(2.5, TypeError), (True, TypeError), ("8", TypeError),
@@ -134,9 +138,9 @@ def test_batch_size_must_be_an_int(batch_size, exc):
     model = tiny_model()
     image = np.zeros((32, 32), np.float32)
     with pytest.raises(exc, match="batch_size: expected an int"):
-        segment([image], model, batch_size=batch_size)
+        segment([image], model, predict=PredictConfig(batch_size=batch_size))
     with pytest.raises(exc, match="batch_size: expected an int"):
-        predict_maps([image], model, batch_size=batch_size)
+        predict_maps([image], model, predict=PredictConfig(batch_size=batch_size))
 
 
 @pytest.mark.parametrize("model, message", [
@@ -173,18 +177,19 @@ def test_overriding_one_value_keeps_the_tuned_rest(caplog):
     image = [np.zeros((96, 96), np.float32)]
     tuned = {"b": ClassThresholds(min_size=10_000, flow_threshold=0.0)}
     model = _oracle(labels, tuned)
-    assert segment(image, model, tile=None)[0].n_instances == 0
+    assert segment(image, model, predict=WHOLE)[0].n_instances == 0
     config = model.segment_config.override(min_size=0)           # for every type
     assert config.for_class("b").flow_threshold == 0.0            # the tuned rest is kept
-    assert segment(image, model, tile=None, config=config)[0].n_instances == labels.max()
+    assert segment(image, model, predict=WHOLE, config=config)[0].n_instances == labels.max()
     config = model.segment_config.override(min_size={"a": 5})    # another type: b still tuned
-    assert segment(image, model, tile=None, config=config)[0].n_instances == 0
+    assert segment(image, model, predict=WHOLE, config=config)[0].n_instances == 0
     caplog.clear()
-    segment(image, model, tile=None, config=dataclasses.replace(model.segment_config, min_size=7))
+    segment(image, model, predict=WHOLE,
+            config=dataclasses.replace(model.segment_config, min_size=7))
     assert "config.min_size = 7 is not used for b (their own min_size" in caplog.text
     assert "override(min_size=...)" in caplog.text
     caplog.clear()
-    segment(image, model, tile=None, config=SegmentConfig(min_size=30))
+    segment(image, model, predict=WHOLE, config=SegmentConfig(min_size=30))
     assert "the model's tuned ones (b) are not used" in caplog.text
 
 
@@ -192,7 +197,7 @@ def test_exclude_on_edges_drops_cells_touching_the_border():
     _, labels = make_synthetic("round", shape=(96, 96), seed=3)
     model = _oracle(labels, {})
     config = model.segment_config.override(exclude_on_edges=True)
-    (res,) = segment([np.zeros((96, 96), np.float32)], model, tile=None, config=config)
+    (res,) = segment([np.zeros((96, 96), np.float32)], model, predict=WHOLE, config=config)
     border = {*labels[0], *labels[-1], *labels[:, 0], *labels[:, -1]} - {0}
     assert border and res.n_instances == labels.max() - len(border)
     assert not ({*res.labels[0], *res.labels[-1], *res.labels[:, 0], *res.labels[:, -1]} - {0})
@@ -201,20 +206,21 @@ def test_exclude_on_edges_drops_cells_touching_the_border():
 def test_normalize_none_feeds_the_pixels_as_they_are():
     model = tiny_model()
     image = np.random.default_rng(0).random((32, 32)).astype(np.float32)
-    raw = predict_maps([image], model, tile=None, normalize=None, precision="fp32")[0]
-    same = predict_maps([image * 1000], model, tile=None, precision="fp32")[0]
-    other = predict_maps([image * 1000], model, tile=None, normalize=None, precision="fp32")[0]
+    raw_fp32 = PredictConfig(tile=None, normalize=None, precision="fp32")
+    raw = predict_maps([image], model, predict=raw_fp32)[0]
+    same = predict_maps([image * 1000], model, predict=WHOLE_FP32)[0]
+    other = predict_maps([image * 1000], model, predict=raw_fp32)[0]
     assert not torch.allclose(raw, other)
-    assert torch.allclose(same, predict_maps([image], model, tile=None, precision="fp32")[0])
+    assert torch.allclose(same, predict_maps([image], model, predict=WHOLE_FP32)[0])
     with pytest.raises(ValueError, match=r"normalize: expected percentiles 0 <= low < high"):
-        segment([image], model, normalize=(99, 1))
+        segment([image], model, predict=PredictConfig(normalize=(99, 1)))
 
 
 def test_segment_takes_one_scale_per_image():
     model = tiny_model()
     images = [np.random.default_rng(i).random((48, 40)).astype(np.float32) for i in range(2)]
-    results = segment(images, model, tile=None, scale=[1.0, 0.5])
+    results = segment(images, model, predict=WHOLE, scale=[1.0, 0.5])
     assert [r.scale for r in results] == [1.0, 0.5]
     assert all(r.labels.shape == (48, 40) for r in results)
     with pytest.raises(ValueError, match=r"scale: expected one factor or one per image \(2\), got 3"):
-        segment(images, model, tile=None, scale=[1.0, 0.5, 2.0])
+        segment(images, model, predict=WHOLE, scale=[1.0, 0.5, 2.0])

@@ -1,6 +1,6 @@
 import numpy as np
 
-from flowseg.api import load_model
+from flowseg.api import PredictConfig, load_model
 from flowseg.predict import predict_maps
 from flowseg.scales import image_styles
 
@@ -12,6 +12,6 @@ def test_the_first_style_pass_computes_what_later_ones_do():
     model = load_model(device="cpu")   # the shipped network: a tiny one runs the same kernels
     images = [np.random.default_rng(i).random((128, 96)).astype(np.float32) for i in range(2)]
     first = image_styles(images, model, factors=[0.5] * 2, levels=4, spread=True, tile=64)
-    predict_maps(images, model, tile=64)
+    predict_maps(images, model, predict=PredictConfig(tile=64))
     np.testing.assert_array_equal(
         image_styles(images, model, factors=[0.5] * 2, levels=4, spread=True, tile=64), first)

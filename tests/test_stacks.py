@@ -44,7 +44,7 @@ def test_a_three_plane_stack_keeps_its_cell_ids():
     model = flowseg.load_model(device="cpu")
     crop = read_image(flowseg.sample_paths()[0])[100:228, 100:228]
     stack = np.stack([np.roll(crop, z, axis=1) for z in range(3)])
-    result = segment_stack(stack, model, tile=0, return_maps=True)
+    result = segment_stack(stack, model, predict=flowseg.PredictConfig(tile=0), return_maps=True)
     assert result.labels.shape == (3, 128, 128) and result.n_instances > 5
     assert result.flows.shape == (3, 2, 128, 128) and len(result.planes) == 3
     ids = [set(np.unique(plane)[1:]) for plane in result.labels]
@@ -56,3 +56,18 @@ def test_a_three_plane_stack_keeps_its_cell_ids():
         both = (moved > 0) & (result.labels[z] > 0)
         assert (result.labels[z][both] == moved[both]).mean() > 0.98
     assert set(result.cell_types) <= set(model.class_names)
+
+
+def test_a_stack_with_the_old_keywords_warns_once():
+    import warnings
+
+    from tests.model_fixtures import tiny_model
+
+    stack = np.stack([make_synthetic("round", shape=(48, 48), seed=z)[0] for z in range(2)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        old = segment_stack(stack, tiny_model(), tile=None, precision="fp32", scale=1.0)
+    assert [w.category for w in caught] == [FutureWarning]
+    new = segment_stack(stack, tiny_model(), scale=1.0,
+                        predict=flowseg.PredictConfig(tile=None, precision="fp32"))
+    np.testing.assert_array_equal(old.labels, new.labels)

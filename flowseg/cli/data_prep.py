@@ -162,7 +162,7 @@ def _pseudo(args: argparse.Namespace) -> int:
     """``data_prep pseudo``: teacher pseudo-labels into a Cellpose-style folder + pseudo.json."""
     from tqdm import tqdm
 
-    from flowseg.api import load_model
+    from flowseg.api import PredictConfig, load_model
     from flowseg.cli.segment import find_images
     from flowseg.io.folders import write_cell_types, write_folder_item
     from flowseg.io.images import read_image
@@ -171,6 +171,7 @@ def _pseudo(args: argparse.Namespace) -> int:
 
     config = PseudoConfig(min_score=args.min_score, max_flow_error=args.max_flow_error,
                           background_prob=args.background_prob, margin=args.margin)
+    predict = PredictConfig(batch_size=args.batch_size, tta=args.tta, precision=args.precision)
     paths = find_images(args.images)
     teachers = args.model or [None]  # None: the shipped model; several: their ensemble
     model = load_model(teachers[0] if len(teachers) == 1 else teachers, device=args.device)
@@ -180,8 +181,7 @@ def _pseudo(args: argparse.Namespace) -> int:
         for start in range(0, len(paths), PSEUDO_CHUNK):
             chunk = paths[start:start + PSEUDO_CHUNK]
             images = [read_image(p) for p in chunk]
-            found = pseudo_label(images, model, config=config, batch_size=args.batch_size,
-                                 tta=args.tta, scale=args.scale, precision=args.precision)
+            found = pseudo_label(images, model, config=config, predict=predict, scale=args.scale)
             for path, image, pseudo in zip(chunk, images, found):
                 cell_types[path.stem] = args.cell_type or pseudo.cell_type
                 write_folder_item(tmp, path.stem, image, pseudo.labels, cell_types[path.stem],

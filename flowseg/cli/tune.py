@@ -32,7 +32,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from flowseg.api import DEFAULT_TILE, check_image, load_model, predict_maps
+from flowseg.api import DEFAULT_TILE, PredictConfig, check_image, load_model, predict_maps
 from flowseg.cli._common import run_main, setup_logging
 from flowseg.config import CLASS_SOURCES
 from flowseg.errors import InputError
@@ -156,8 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     items = _read_data(args.data, model.class_names)
     images = [check_image(read_image(i.image_path), model.model_config.in_channels,
                           f"image {i.image_path}") for i in items]
-    maps = predict_maps(images, model, batch_size=args.batch_size, tile=args.tile or None,
-                        scale=args.scale, precision=args.precision)
+    predict = PredictConfig(batch_size=args.batch_size, tile=args.tile, precision=args.precision)
+    maps = predict_maps(images, model, predict=predict, scale=args.scale)
     data = TuningData(maps, [read_labels(i.masks_path) for i in items],
                       tuple(i.cell_type for i in items), model.class_names, scale=args.scale)
     config = model.segment_config

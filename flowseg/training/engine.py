@@ -199,10 +199,11 @@ def evaluate_val(model: Model, samples: Sequence[Sample], *, batch_size: int = 8
     ``class_accuracy`` is the fraction of samples whose predicted image cell type is right
     (samples whose type is not one of the model's classes are not counted).
     """
-    from flowseg.api import segment
+    from flowseg.api import PredictConfig, segment
     from flowseg.metrics import image_score
 
-    results = segment([s.image for s in samples], model, batch_size=batch_size, tile=None)
+    results = segment([s.image for s in samples], model,
+                      predict=PredictConfig(batch_size=batch_size, tile=None))
     scores = [float(image_score(s.labels, r.labels).score) for s, r in zip(samples, results)]
     typed = [(s, r) for s, r in zip(samples, results) if s.cell_type in model.class_names]
     correct = sum(r.image_cell_type == s.cell_type for s, r in typed)

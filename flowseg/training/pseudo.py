@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from flowseg.api import SegmentResult, segment
+from flowseg.api import PredictConfig, SegmentResult, segment
 from flowseg.model.checkpoint import Model
 
 __all__ = ["PseudoConfig", "PseudoLabels", "select_pseudo_labels", "pseudo_label"]
@@ -145,8 +145,8 @@ def select_pseudo_labels(result: SegmentResult, config: PseudoConfig | None = No
 
 
 def pseudo_label(images: Sequence[np.ndarray], model: Model | Sequence[Model], *,
-                 config: PseudoConfig | None = None, batch_size: int = 8, tta: bool = False,
-                 scale: float | None = None, precision: str = "auto") -> list[PseudoLabels]:
+                 config: PseudoConfig | None = None, predict: PredictConfig | None = None,
+                 scale: float | None = None) -> list[PseudoLabels]:
     """Segment ``images`` with a teacher and select its pseudo-labels (:func:`select_pseudo_labels`).
 
     Parameters
@@ -155,8 +155,8 @@ def pseudo_label(images: Sequence[np.ndarray], model: Model | Sequence[Model], *
     model : Model or list of Model
         The teacher (a list: their ensemble), with its own tuned thresholds.
     config : PseudoConfig, optional
-    batch_size, tta, precision
-        As in :func:`flowseg.segment`.
+    predict : PredictConfig, optional
+        How the teacher's network runs (as in :func:`flowseg.segment`; None: the defaults).
     scale : float, optional
         Resize factor of the images before the teacher (as in :func:`flowseg.segment`); None:
         :func:`flowseg.segment`'s default. Give 1 for images at the teacher's training
@@ -168,6 +168,5 @@ def pseudo_label(images: Sequence[np.ndarray], model: Model | Sequence[Model], *
         One per image, in order.
     """
     size = {} if scale is None else {"scale": scale}
-    results = segment(images, model, batch_size=batch_size, tta=tta, precision=precision,
-                      return_maps=True, **size)
+    results = segment(images, model, predict=predict, return_maps=True, **size)
     return [select_pseudo_labels(r, config) for r in results]

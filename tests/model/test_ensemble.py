@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from flowseg.api import load_model, predict_maps, segment
+from flowseg.api import PredictConfig, load_model, predict_maps, segment
 from flowseg.config import ClassThresholds, ModelConfig, SegmentConfig
 from flowseg.errors import InputError
 from flowseg.model.checkpoint import ENSEMBLE_FORMAT_VERSION, FORMAT_VERSION, Model, save_model
@@ -13,6 +13,8 @@ from flowseg.model.unet import UNet
 from flowseg.size import SIZE_MODEL_KEY
 from flowseg.synthetic import make_synthetic
 from flowseg.training.finetune import init_config, init_weights
+
+FP32 = PredictConfig(precision="fp32")
 
 #: Loose thresholds, so that the untrained models give instances.
 LOOSE = SegmentConfig(cellprob_threshold=-6.0, flow_threshold=0.0, min_size=5, min_flow=0.0,
@@ -43,14 +45,14 @@ def _probs(maps):
 @pytest.mark.parametrize("tile,tta", [(None, False), (32, False), (32, True)])
 def test_an_ensemble_of_a_model_with_itself_is_that_model(images, tile, tta, precision):
     model = _model()
-    options = {"tile": tile, "tta": tta, "precision": precision, "batch_size": 2}
-    single = predict_maps(images, model, **options)
-    double = predict_maps(images, [model, model], **options)
+    predict = PredictConfig(tile=tile, tta=tta, precision=precision, batch_size=2)
+    single = predict_maps(images, model, predict=predict)
+    double = predict_maps(images, [model, model], predict=predict)
     for a, b in zip(single, double):
         assert torch.equal(a[:3], b[:3])  # flows, cell probability: exactly
         torch.testing.assert_close(_probs(a), _probs(b), atol=1e-6, rtol=0)
-    single = segment(images, model, **options)
-    double = segment(images, ensemble([model, model]), **options)
+    single = segment(images, model, predict=predict)
+    double = segment(images, ensemble([model, model]), predict=predict)
     assert sum(r.n_instances for r in single) > 0
     for a, b in zip(single, double):
         np.testing.assert_array_equal(a.labels, b.labels)
@@ -60,9 +62,10 @@ def test_an_ensemble_of_a_model_with_itself_is_that_model(images, tile, tta, pre
 
 def test_maps_are_the_mean_of_the_members_maps_and_of_their_class_probabilities(images):
     a, b = _model(0), _model(1)
-    options = {"tile": None, "precision": "fp32"}
-    maps_a, maps_b = predict_maps(images, a, **options), predict_maps(images, b, **options)
-    for ma, mb, me in zip(maps_a, maps_b, predict_maps(images, [a, b], **options)):
+    predict = PredictConfig(tile=None, precision="fp32")
+    maps_a = predict_maps(images, a, predict=predict)
+    maps_b = predict_maps(images, b, predict=predict)
+    for ma, mb, me in zip(maps_a, maps_b, predict_maps(images, [a, b], predict=predict)):
         torch.testing.assert_close(me[:3], (ma[:3] + mb[:3]) / 2)
         torch.testing.assert_close(_probs(me), (_probs(ma) + _probs(mb)) / 2)
         assert not torch.allclose(ma[:3], mb[:3])  # the members differ
@@ -98,8 +101,8 @@ def test_save_load_round_trip_keeps_members_and_the_ensembles_thresholds(tmp_pat
     assert [m.model_config.widths for m in members(loaded)] == [(8, 16, 32), (8, 16)]
     assert [m.metadata["seed"] for m in members(loaded)] == [0, 1]
     assert all(m.segment_config == LOOSE for m in members(loaded))
-    for a, b in zip(predict_maps(images, model, precision="fp32"),
-                    predict_maps(images, loaded, precision="fp32")):
+    for a, b in zip(predict_maps(images, model, predict=FP32),
+                    predict_maps(images, loaded, predict=FP32)):
         assert torch.equal(a, b)
     # A single network is still written as version 1 (older flowseg reads it).
     single = save_model(tmp_path / "one.pt", _model())
@@ -146,8 +149,8 @@ def test_an_ensemble_exports_as_one_network(tmp_path, images):
     result = export_torchscript(model, tmp_path / "ens.ts")  # verified against the torch maps
     assert result.max_difference is not None and result.max_difference < 1e-3
     exported = load_model(tmp_path / "ens.ts", device="cpu")
-    for a, b in zip(segment(images, model, precision="fp32", tile=None),
-                    segment(images, exported, precision="fp32", tile=None)):
+    for a, b in zip(segment(images, model, predict=PredictConfig(precision="fp32", tile=None)),
+                    segment(images, exported, predict=PredictConfig(precision="fp32", tile=None))):
         np.testing.assert_array_equal(a.labels, b.labels)
 
 

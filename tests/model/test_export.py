@@ -18,6 +18,8 @@ from flowseg.model.unet import NetOutput
 from flowseg.synthetic import make_synthetic
 from tests.export_fixtures import SEGMENT_CONFIG, tiny_model
 
+FP32 = flowseg.PredictConfig(precision="fp32")
+
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
@@ -71,8 +73,8 @@ def test_default_model_maps_equal_torch_at_full_size(kind, default_model, defaul
 def _masks_equal(images, model, exported):
     # An exported network has no encoder styles, so it cannot estimate cell sizes (it runs at
     # scale 1 with a warning): compare at one given scale.
-    expected = flowseg.segment(images, model, precision="fp32", return_maps=True, scale=1.0)
-    got = flowseg.segment(images, exported, precision="fp32", return_maps=True, scale=1.0)
+    expected = flowseg.segment(images, model, predict=FP32, return_maps=True, scale=1.0)
+    got = flowseg.segment(images, exported, predict=FP32, return_maps=True, scale=1.0)
     for a, b in zip(expected, got):
         assert a.n_instances > 0
         np.testing.assert_array_equal(b.labels, a.labels)
@@ -213,7 +215,7 @@ def test_max_difference_sees_any_map_and_shape():
 
 def test_the_documented_serving_recipe_gives_segments_masks(default_export_folder,
                                                             default_exports):
-    """onnxruntime alone + the JSON beside the file (README "Export") = ``segment(tile=0)``."""
+    """onnxruntime alone + the JSON beside the file (README "Export") = ``segment`` untiled."""
     import onnxruntime as ort
 
     from flowseg.config import SegmentConfig
@@ -228,7 +230,8 @@ def test_the_documented_serving_recipe_gives_segments_masks(default_export_folde
                                             class_logits[0]]))
     (served,) = flowseg.segment_maps([maps], meta["class_names"],
                                      config=SegmentConfig.from_dict(meta["segment_config"]))
-    (expected,) = flowseg.segment([image], default_exports["onnx"], tile=0)
+    whole = flowseg.PredictConfig(tile=0)
+    (expected,) = flowseg.segment([image], default_exports["onnx"], predict=whole)
     assert expected.n_instances > 0
     np.testing.assert_array_equal(served.labels, expected.labels)
 

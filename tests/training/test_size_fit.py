@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 
 import flowseg
-from flowseg.api import choose_scales, model_size
+from flowseg.api import PredictConfig, choose_scales, model_size
 from flowseg.data.dataset import make_sample
 from flowseg.rescale import rescale_pair
 from flowseg.size import label_diameter
 from flowseg.synthetic import make_synthetic
 from flowseg.training.size_fit import SizeFitConfig, attach_size_model, fit_model_size, training_diameters
+
+FP32 = PredictConfig(precision="fp32")
 
 KINDS = ("round", "spindly")
 # A 4x range of cell sizes: round and spindly cells of 7-32 px diameter.
@@ -51,7 +53,7 @@ def test_estimate_is_within_15_percent_over_a_4x_range_of_sizes(sized_model, zoo
         image, labels = rescale_pair(sample.image[0], sample.labels, zoom)
         images.append(image)
         truth.append(label_diameter(labels) / label_diameter(sample.labels))
-    scales, diameters = choose_scales(images, sized_model, precision="fp32")
+    scales, diameters = choose_scales(images, sized_model, predict=FP32)
     ratio = (1 / np.array(scales)) / np.array(truth)  # tolerance 1: scale = 1 / estimated zoom
     assert abs(np.median(ratio) - 1) <= 0.15
     assert np.all(np.abs(np.log(ratio)) <= np.log(1.3))
@@ -61,7 +63,7 @@ def test_estimate_is_within_15_percent_over_a_4x_range_of_sizes(sized_model, zoo
 
 def test_segment_records_the_chosen_scale_and_diameter(sized_model):
     image, _ = rescale_pair(*make_synthetic("round", shape=(192, 192), seed=100), 2.0)
-    (auto,) = flowseg.segment([image], sized_model, precision="fp32")
+    (auto,) = flowseg.segment([image], sized_model, predict=FP32)
     assert auto.scale == pytest.approx(0.5, rel=0.25)
     size = model_size(sized_model)
     (given,) = flowseg.segment([image], sized_model, diameter=2 * size.diameter)
@@ -86,15 +88,15 @@ def test_groups_share_the_median_zoom_and_a_stack_shares_one_scale(sized_model):
     small, _ = make_synthetic("round", shape=(192, 192), seed=100)
     big = rescale_pair(small, np.zeros(small.shape, np.int32), 2.0)[0][:192, :192]
     images = [small, big, big]
-    alone, _ = choose_scales(images, sized_model, precision="fp32")
+    alone, _ = choose_scales(images, sized_model, predict=FP32)
     assert alone[0] > 2 * alone[1] and alone[1] == pytest.approx(alone[2])
-    shared, diameters = choose_scales(images, sized_model, precision="fp32", groups=[0, 0, 0])
+    shared, diameters = choose_scales(images, sized_model, predict=FP32, groups=[0, 0, 0])
     assert len(set(shared)) == 1 and shared[0] == pytest.approx(alone[1])   # median of 3 zooms
-    pairs, _ = choose_scales(images, sized_model, precision="fp32", groups=[0, 1, 1])
+    pairs, _ = choose_scales(images, sized_model, predict=FP32, groups=[0, 1, 1])
     assert pairs[0] == alone[0] and pairs[1] == pairs[2] == pytest.approx(alone[1])
     with pytest.raises(ValueError, match="groups"):
         choose_scales(images, sized_model, groups=[0, 1])
-    stack = segment_stack(np.stack(images), sized_model, precision="fp32")
+    stack = segment_stack(np.stack(images), sized_model, predict=FP32)
     assert {p.scale for p in stack.planes} == {shared[0]}
     fixed = segment_stack(np.stack(images), sized_model, scale=1.0)
     assert {p.scale for p in fixed.planes} == {1.0}
