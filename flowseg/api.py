@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from flowseg.config import CLASS_FIELDS, SegmentConfig
-from flowseg.data.normalize import normalize_image
+from flowseg.data.normalize import normalize_images
 from flowseg.device import resolve_device
 from flowseg.model.checkpoint import Model
 from flowseg.model.checkpoint import load_model as _load_checkpoint
@@ -157,7 +157,7 @@ def segment(images: Sequence[np.ndarray], model: Model, *, config: SegmentConfig
     if not images:
         return []
     # Normalised once here for both the size estimate and the network (each would redo it).
-    images = [normalize_image(im, percentiles=predict.normalize) for im in images]
+    images = normalize_images(images, percentiles=predict.normalize)
     normalized = dataclasses.replace(predict, normalize=None)
     scales, diameters = choose_scales(images, model, scale=scale, diameter=diameter,
                                       predict=normalized)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from flowseg.config import check_int
-from flowseg.data.normalize import check_percentiles, normalize_image
+from flowseg.data.normalize import check_percentiles, normalize_images
 from flowseg.device import PRECISIONS, autocast, preferred_memory_format, resolve_precision
 from flowseg.model.checkpoint import Model
 from flowseg.rescale import check_scales, resize_stack, scaled_shape
@@ -272,8 +272,8 @@ def predict_maps(images: Sequence[np.ndarray], model: Model, *,
     device = next(model.net.parameters()).device
     dtype = resolve_precision(predict.precision, device)
     set_layout(model, device, dtype)
-    tensors = [torch.from_numpy(normalize_image(im, percentiles=predict.normalize))
-               for im in images]
+    normalized = normalize_images(images, percentiles=predict.normalize)
+    tensors = [torch.from_numpy(im) for im in normalized]
     shapes = [tuple(t.shape[-2:]) for t in tensors]
     tensors = [resize_stack(t, scaled_shape(hw, f)) if f != 1.0 else t
                for t, hw, f in zip(tensors, shapes, scales)]

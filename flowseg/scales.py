@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from flowseg.data.normalize import check_percentiles, normalize_image
+from flowseg.data.normalize import check_percentiles, normalize_images
 from flowseg.device import autocast, preferred_memory_format, resolve_precision
 from flowseg.model.checkpoint import Model
 from flowseg.predict import (NORMALIZE, PredictConfig, check_images, check_model, check_predict,
@@ -79,8 +79,8 @@ def image_styles(images: Sequence[np.ndarray], model: Model, *, factors: Sequenc
     out = []
     model.net.eval()
     with torch.inference_mode():
-        for image, factor in zip(images, factors):
-            t = torch.from_numpy(normalize_image(image, percentiles=normalize))
+        for image, factor in zip(normalize_images(images, percentiles=normalize), factors):
+            t = torch.from_numpy(image)
             t = resize_stack(t, scaled_shape(t.shape[-2:], factor))
             x = split_tiles(t, tile_grid(t.shape[-2:], tile=tile, overlap=0.0)) if tile else t[None]
             x = x.to(device).contiguous(memory_format=preferred_memory_format(device, dtype))

@@ -224,3 +224,10 @@ def test_segment_takes_one_scale_per_image():
     assert all(r.labels.shape == (48, 40) for r in results)
     with pytest.raises(ValueError, match=r"scale: expected one factor or one per image \(2\), got 3"):
         segment(images, model, predict=WHOLE, scale=[1.0, 0.5, 2.0])
+
+
+@pytest.mark.parametrize("normalize", [(1, 99), None])
+def test_segment_names_the_image_with_nans(normalize):
+    images = [np.zeros((32, 32), np.float32), np.full((32, 32), np.nan, np.float32)]
+    with pytest.raises(ValueError, match=r"images\[1\]: expected finite values, found 1024 NaN"):
+        segment(images, tiny_model(), predict=PredictConfig(normalize=normalize))

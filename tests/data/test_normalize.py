@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from flowseg.data.normalize import normalize_image
+from flowseg.data.normalize import normalize_image, normalize_images
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.int64, np.float32, np.float64])
@@ -64,3 +64,14 @@ def test_percentiles_or_none():
     assert wide.min() == 0 and wide.max() == 1
     with pytest.raises(TypeError, match="normalize: expected None"):
         normalize_image(image, percentiles=5)
+
+
+def test_normalize_images_names_the_bad_image():
+    good = np.arange(64, dtype=np.float32).reshape(8, 8)
+    bad = good.copy()
+    bad[2, 3] = np.nan
+    assert len(normalize_images([good, good], percentiles=None)) == 2
+    with pytest.raises(ValueError, match=r"^images\[1\]: expected finite values, found 1 NaN"):
+        normalize_images([good, bad])
+    with pytest.raises(TypeError, match=r"^images\[0\]: expected an integer or float dtype"):
+        normalize_images([good.astype(np.complex64)])
