@@ -320,7 +320,7 @@ def _segment_items(items: list[_Item], model, config: BatchConfig) -> list:
     cannot be segmented gets its exception in its place: one bad image never stops the
     others, even alone in a task. A stack's planes are linked (:func:`stack_result`)."""
     from flowseg.api import segment
-    from flowseg.stacks import shared_scales, stack_result
+    from flowseg.stacks import normalize_once, shared_scales, stack_result
 
     segment_config = config.segment_config(model)
 
@@ -328,6 +328,7 @@ def _segment_items(items: list[_Item], model, config: BatchConfig) -> list:
         planes = [p for item in batch for p in item.planes]
         options = {"scale": config.scale, "diameter": config.diameter, "predict": config.predict}
         if any(item.is_stack for item in batch):   # a stack's planes share one scale
+            planes, options = normalize_once(planes, options)
             options["scale"] = shared_scales(
                 planes, model, [k for k, item in enumerate(batch) for _ in item.planes], options)
         planes = segment(planes, model, config=segment_config,

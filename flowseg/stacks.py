@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DEFAULT_STITCH_THRESHOLD", "StackResult", "segment_stack", "shared_scales",
-           "stack_result", "stitch_planes"]
+__all__ = ["DEFAULT_STITCH_THRESHOLD", "StackResult", "normalize_once", "segment_stack",
+           "shared_scales", "stack_result", "stitch_planes"]
 
 #: IoU a cell needs with a cell of the plane below to take its id (cellpose's ``stitch3D``
 #: default).
@@ -181,6 +181,28 @@ def stack_result(planes: Sequence, *, stitch_threshold: float = DEFAULT_STITCH_T
         cellprob=np.stack([p.cellprob for p in planes]) if maps else None)
 
 
+def normalize_once(planes: Sequence[np.ndarray], options: Mapping[str, Any]
+                   ) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """The planes percentile-normalised (as ``options["predict"]`` says), and ``options`` with a
+    ``predict`` that normalises no more: the shared size estimate (:func:`shared_scales`) and
+    ``segment`` then use the same normalised planes instead of normalising each plane twice.
+
+    Returns
+    -------
+    planes : list of (C, H, W) float32 ndarray
+    options : dict
+        A copy of ``options``; ``predict`` has ``normalize=None``.
+    """
+    import dataclasses
+
+    from flowseg.data.normalize import normalize_images
+    from flowseg.predict import check_predict
+
+    predict = check_predict(options.get("predict"))
+    planes = normalize_images(planes, percentiles=predict.normalize)
+    return planes, {**options, "predict": dataclasses.replace(predict, normalize=None)}
+
+
 def shared_scales(planes: Sequence[np.ndarray], model, groups: Sequence[int],
                   options: Mapping[str, Any]) -> float | list[float] | None:
     """``options["scale"]`` for :func:`flowseg.segment`: as given; else, without a
@@ -235,7 +257,7 @@ def segment_stack(stack: np.ndarray, model, *,
     if not isinstance(stack, np.ndarray) or stack.ndim not in (3, 4):
         raise ValueError(f"stack: expected a (Z, H, W) or (Z, C, H, W) array, got "
                          f"{getattr(stack, 'shape', type(stack).__name__)}")
-    planes = list(stack)
+    planes, options = normalize_once(list(stack), options)
     options["scale"] = shared_scales(planes, model, [0] * len(planes), options)
     planes = segment(planes, model, **options)
     return stack_result(planes, stitch_threshold=stitch_threshold)

@@ -71,3 +71,17 @@ def test_a_stack_with_the_old_keywords_warns_once():
     new = segment_stack(stack, tiny_model(), scale=1.0,
                         predict=flowseg.PredictConfig(tile=None, precision="fp32"))
     np.testing.assert_array_equal(old.labels, new.labels)
+
+
+def test_normalize_once_normalises_the_planes_and_turns_normalisation_off():
+    from flowseg.data.normalize import normalize_image
+    from flowseg.stacks import normalize_once
+
+    planes = [make_synthetic("round", shape=(32, 32), seed=z)[0] * 200 for z in range(2)]
+    predict = flowseg.PredictConfig(tile=None, normalize=(2, 98))
+    normed, options = normalize_once(planes, {"predict": predict, "scale": 1.0})
+    assert options == {"predict": flowseg.PredictConfig(tile=None, normalize=None), "scale": 1.0}
+    for raw, done in zip(planes, normed):
+        np.testing.assert_array_equal(done, normalize_image(raw, percentiles=(2, 98)))
+    normed, options = normalize_once(planes, {})      # no predict: the defaults
+    assert options["predict"] == flowseg.PredictConfig(normalize=None)

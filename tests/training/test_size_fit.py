@@ -98,5 +98,9 @@ def test_groups_share_the_median_zoom_and_a_stack_shares_one_scale(sized_model):
         choose_scales(images, sized_model, groups=[0, 1])
     stack = segment_stack(np.stack(images), sized_model, predict=FP32)
     assert {p.scale for p in stack.planes} == {shared[0]}
+    # planes normalised once for the estimate and the network: the same as segment on the raw planes
+    planes = flowseg.segment(images, sized_model, predict=FP32, scale=shared[0])
+    for a, b in zip(stack.planes, planes):
+        np.testing.assert_array_equal(a.labels, b.labels)
     fixed = segment_stack(np.stack(images), sized_model, scale=1.0)
     assert {p.scale for p in fixed.planes} == {1.0}
