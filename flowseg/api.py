@@ -46,9 +46,9 @@ from flowseg.scales import choose_scales, image_styles, model_size
 
 __all__ = ["DEFAULT_TILE", "NORMALIZE", "ClassValues", "PredictConfig", "SegmentResult",
            "check_image", "check_model", "check_tile", "choose_scales", "cluster_config",
-           "cluster_maps",
-           "filter_instances", "image_min_sizes", "image_styles", "instance_classes", "load_model",
-           "model_size", "predict_maps", "segment", "segment_maps", "warn_dropped_tuning"]
+           "cluster_maps", "filter_instances", "image_min_sizes", "image_styles",
+           "instance_classes", "load_model", "model_size", "predict_maps", "segment",
+           "segment_maps", "warn_dropped_tuning"]
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from flowseg.data.normalize import check_percentiles, normalize_images
+from flowseg.data.normalize import check_percentiles, iter_normalized
 from flowseg.device import autocast, preferred_memory_format, resolve_precision
 from flowseg.model.checkpoint import Model
 from flowseg.predict import (NORMALIZE, PredictConfig, check_images, check_model, check_predict,
@@ -79,7 +79,7 @@ def image_styles(images: Sequence[np.ndarray], model: Model, *, factors: Sequenc
     out = []
     model.net.eval()
     with torch.inference_mode():
-        for image, factor in zip(normalize_images(images, percentiles=normalize), factors):
+        for image, factor in zip(iter_normalized(images, percentiles=normalize), factors):
             t = torch.from_numpy(image)
             t = resize_stack(t, scaled_shape(t.shape[-2:], factor))
             x = split_tiles(t, tile_grid(t.shape[-2:], tile=tile, overlap=0.0)) if tile else t[None]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["normalize_image", "normalize_images", "check_percentiles", "LOWER_PERCENTILE",
-           "UPPER_PERCENTILE"]
+__all__ = ["normalize_image", "normalize_images", "iter_normalized", "check_percentiles",
+           "LOWER_PERCENTILE", "UPPER_PERCENTILE"]
 
 #: Percentiles mapped to 0 and 1.
 LOWER_PERCENTILE = 1.0
@@ -112,11 +112,16 @@ def normalize_images(images: Sequence[np.ndarray], *,
     -------
     list of (C, H, W) ndarray of float32
     """
-    out = []
+    return list(iter_normalized(images, percentiles=percentiles))
+
+
+def iter_normalized(images: Sequence[np.ndarray], *,
+                    percentiles: tuple[float, float] | None = (LOWER_PERCENTILE, UPPER_PERCENTILE)
+                    ) -> Iterator[np.ndarray]:
+    """:func:`normalize_images` one image at a time (only the current copy is held)."""
     for i, image in enumerate(images):
         try:
-            out.append(normalize_image(image, percentiles=percentiles))
+            yield normalize_image(image, percentiles=percentiles)
         except (TypeError, ValueError) as error:
             message = str(error).removeprefix("image: ")
             raise type(error)(f"images[{i}]: {message}") from None
-    return out
