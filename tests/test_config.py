@@ -51,6 +51,18 @@ def test_train_config_from_before_class_grad_keeps_the_full_class_gradient():
     assert TrainConfig.from_dict(TrainConfig(class_grad=0.3).to_dict()).class_grad == 0.3
 
 
+def test_train_config_from_before_flow_context_had_none():
+    from flowseg.config import TrainConfig
+
+    stored = TrainConfig(flow_context=64).to_dict()
+    assert stored.pop("flow_context") == 64
+    assert TrainConfig.from_dict(stored).flow_context == 0
+    with pytest.raises(ValueError, match="flow_context"):
+        TrainConfig(flow_context=-1)
+    with pytest.raises(TypeError, match="flow_context"):
+        TrainConfig(flow_context=1.5)
+
+
 def test_model_config_from_before_style_classes_has_none():
     from flowseg.config import ModelConfig
 

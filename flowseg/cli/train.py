@@ -48,7 +48,7 @@ log = logging.getLogger("flowseg.train")
 
 #: argparse dest -> TrainConfig field, and -> ModelConfig field.
 _TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "crop": "crop_size",
-                  "device": "device", "seed": "seed", "val_every": "val_every",
+                  "flow_context": "flow_context", "device": "device", "seed": "seed", "val_every": "val_every",
                   "num_workers": "num_workers", "warmup_epochs": "warmup_epochs",
                   "weight_decay": "weight_decay", "balance_classes": "balance_classes",
                   "precision": "precision", "flow_weight": "flow_weight",
@@ -115,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--warmup-epochs", type=float)
     p.add_argument("--crop", type=int, help="training crop side in pixels (default 256)")
+    p.add_argument("--flow-context", type=int, metavar="PX",
+                   help="pixels of labels on every side of a crop from which its flow targets "
+                        "are computed, so cells cut by the crop keep their whole-cell centre "
+                        f"(default {TrainConfig().flow_context}; 0: from the crop alone)")
     p.add_argument("--device", help="auto (CUDA when available), cpu, cuda:N")
     p.add_argument("--seed", type=int)
     p.add_argument("--val-every", type=int, help="score the val images every N epochs")

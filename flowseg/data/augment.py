@@ -5,6 +5,11 @@ All geometric steps are folded into one affine map sampled per crop: the image i
 bilinearly, the labels nearest, both with zeros outside the source image, so they stay aligned.
 When the map is a pure flip / 90-degree rotation with an integer offset the resampling is exact.
 An optional ignore mask (pixels without a training target) is resampled nearest, like the labels.
+
+The labels can be resampled with ``label_context`` extra pixels on every side of the crop (the
+same map, a wider window): training computes each crop's flow targets from those wider labels
+and keeps the centre, so a cell cut by the crop's edge keeps the centre of the whole cell
+instead of getting one inside the crop (see :class:`flowseg.config.TrainConfig`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from skimage.transform import resize
 from flowseg.config import AugmentConfig
 from flowseg.rescale import rescale_image
 
-__all__ = ["AffineMap", "random_affine", "apply_affine", "warp_mask", "lower_resolution",
+__all__ = ["AffineMap", "random_affine", "apply_affine", "warp_image", "warp_labels",
+           "warp_mask", "widen", "lower_resolution",
            "adjust_intensity", "augment_pair", "augment_sample"]
 
 
@@ -72,6 +78,30 @@ def random_affine(image_shape: tuple[int, int], crop_size: int, rng: np.random.G
     return AffineMap(matrix, offset, (crop_size, crop_size))
 
 
+def widen(transform: AffineMap, context: int) -> AffineMap:
+    """The same map onto a window ``context`` pixels larger on every side: output pixel
+    ``o + context`` of the result samples where ``o`` of ``transform`` does.
+
+    Parameters
+    ----------
+    transform : AffineMap
+    context : int
+        Extra pixels per side, >= 0 (0 returns ``transform``).
+
+    Returns
+    -------
+    AffineMap
+        Of shape ``(h + 2 * context, w + 2 * context)``.
+    """
+    if isinstance(context, bool) or not isinstance(context, (int, np.integer)) or context < 0:
+        raise ValueError(f"context: expected an int >= 0 (pixels per side), got {context!r}")
+    if context == 0:
+        return transform
+    h, w = transform.shape
+    offset = transform.offset - transform.matrix @ np.full(2, float(context))
+    return AffineMap(transform.matrix, offset, (h + 2 * context, w + 2 * context))
+
+
 def _warp(a: np.ndarray, transform: AffineMap, order: int) -> np.ndarray:
     return ndimage.affine_transform(a, transform.matrix, transform.offset,
                                     output_shape=transform.shape, order=order,
@@ -87,8 +117,17 @@ def apply_affine(image: np.ndarray, labels: np.ndarray, transform: AffineMap
     image : (C, h, w) ndarray of float32
     labels : (h, w) ndarray of int32
     """
-    out = np.stack([_warp(c, transform, 1) for c in image.astype(np.float32, copy=False)])
-    return out, _warp(labels.astype(np.int32, copy=False), transform, 0)
+    return warp_image(image, transform), warp_labels(labels, transform)
+
+
+def warp_image(image: np.ndarray, transform: AffineMap) -> np.ndarray:
+    """Resample ``image`` (C, H, W) bilinearly, zeros outside it -> (C, h, w) float32."""
+    return np.stack([_warp(c, transform, 1) for c in image.astype(np.float32, copy=False)])
+
+
+def warp_labels(labels: np.ndarray, transform: AffineMap) -> np.ndarray:
+    """Resample ``labels`` (H, W) int nearest, 0 outside them -> (h, w) int32."""
+    return _warp(labels.astype(np.int32, copy=False), transform, 0)
 
 
 def warp_mask(mask: np.ndarray, transform: AffineMap) -> np.ndarray:
@@ -165,8 +204,8 @@ def augment_pair(image: np.ndarray, labels: np.ndarray, *, crop_size: int,
 
 
 def augment_sample(image: np.ndarray, labels: np.ndarray, ignore: np.ndarray | None, *,
-                   crop_size: int, rng: np.random.Generator, config: AugmentConfig | None = None
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   crop_size: int, rng: np.random.Generator, config: AugmentConfig | None = None,
+                   label_context: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`augment_pair` that also carries an ignore mask (resampled nearest, like labels).
 
     The random numbers drawn are those of :func:`augment_pair`, so a sample gives the same
@@ -180,11 +219,15 @@ def augment_sample(image: np.ndarray, labels: np.ndarray, ignore: np.ndarray | N
         Pixels without a training target; None: none.
     crop_size, rng, config
         As in :func:`augment_pair`.
+    label_context : int, optional
+        Extra pixels of labels on every side of the crop (``c``; see :func:`widen`). The random
+        numbers drawn, and so the image, do not depend on it; ``labels[c:-c, c:-c]`` is the
+        crop's labels.
 
     Returns
     -------
     image : (C, crop_size, crop_size) ndarray of float32
-    labels : (crop_size, crop_size) ndarray of int32
+    labels : (crop_size + 2c, crop_size + 2c) ndarray of int32
     ignore : (crop_size, crop_size) ndarray of bool
         All False when ``ignore`` is None; pixels from outside the image are not ignored (they
         are background, as in the labels).
@@ -196,7 +239,8 @@ def augment_sample(image: np.ndarray, labels: np.ndarray, ignore: np.ndarray | N
     if ignore is not None and ignore.shape != labels.shape:
         raise ValueError(f"ignore: expected the labels' shape {labels.shape}, got {ignore.shape}")
     transform = random_affine(labels.shape, crop_size, rng, config)
-    image, labels = apply_affine(image, labels, transform)
+    image = warp_image(image, transform)
+    labels = warp_labels(labels, widen(transform, label_context))
     ignore = (np.zeros(transform.shape, bool) if ignore is None
               else warp_mask(ignore, transform))
     if config.low_res and rng.random() < config.low_res:

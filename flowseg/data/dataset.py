@@ -186,24 +186,29 @@ class CropDataset(Dataset):
     augment : AugmentConfig
     seed : int
         With :meth:`set_epoch`, keys every crop's random numbers.
+    label_context : int, optional
+        Extra pixels of labels on every side of each crop (``c``, for flow targets of whole
+        cells; see :func:`flowseg.data.augment.augment_sample`). Default 0.
 
     Items
     -----
     image : (C, crop, crop) tensor of float32
-    labels : (crop, crop) tensor of int32
+    labels : (crop + 2c, crop + 2c) tensor of int32
+        The crop's labels are ``labels[c:-c, c:-c]`` (all of it for ``c = 0``).
     class_index : int
     ignore : (crop, crop) tensor of bool
         Pixels without a training target (all False for a sample without an ignore mask).
     """
 
     def __init__(self, samples: Sequence[Sample], class_names: Sequence[str], *, crop_size: int,
-                 augment: AugmentConfig, seed: int) -> None:
+                 augment: AugmentConfig, seed: int, label_context: int = 0) -> None:
         unknown = sorted({s.cell_type for s in samples} - set(class_names))
         if unknown:
             raise ValueError(f"samples: cell types {unknown} are not in class_names {tuple(class_names)}")
         self.samples = list(samples)
         self.class_index = {name: i for i, name in enumerate(class_names)}
         self.crop_size = crop_size
+        self.label_context = label_context
         self.augment = augment
         self.seed = seed
         self.epoch = 0
@@ -222,6 +227,7 @@ class CropDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, 1, index])
         image, labels, ignore = augment_sample(sample.image, sample.labels, sample.ignore,
                                                crop_size=self.crop_size, rng=rng,
-                                               config=self.augment)
+                                               config=self.augment,
+                                               label_context=self.label_context)
         return (torch.from_numpy(image), torch.from_numpy(labels),
                 self.class_index[sample.cell_type], torch.from_numpy(ignore))

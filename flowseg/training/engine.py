@@ -59,7 +59,7 @@ from flowseg.training.distributed import (all_reduce_sums, barrier, broadcast_ob
 from flowseg.training.finetune import init_segment_config, init_weights
 from flowseg.training.losses import class_pixels, segmentation_loss
 
-__all__ = ["EpochRecord", "ValResult", "HISTORY_FIELDS", "make_optimizer", "make_scheduler",
+__all__ = ["EpochRecord", "ValResult", "HISTORY_FIELDS", "crop_targets", "make_optimizer", "make_scheduler",
            "train_one_epoch", "evaluate_val", "fit", "RUN_FILES", "first_epoch_leftovers",
            "remove_leftovers", "temporary_files"]
 
@@ -137,6 +137,39 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def crop_targets(labels: torch.Tensor, context: int, *, device: torch.device
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flow targets of crops whose labels carry ``context`` extra pixels on every side.
+
+    Parameters
+    ----------
+    labels : (B, h + 2c, w + 2c) tensor of int32
+        From :class:`~flowseg.data.dataset.CropDataset` with ``label_context = c = context``.
+    context : int
+        ``c`` (0: the labels are the crops).
+    device : torch.device
+        Where the targets are computed.
+
+    Returns
+    -------
+    labels : (B, h, w) tensor of int32
+        The crops' labels.
+    targets : (B, 2, h, w) tensor of float32
+        :func:`~flowseg.flows.labels_to_flows` of the wide labels, cut to the crops: a cell cut
+        by a crop's edge points to the centre of its (wider) whole.
+    """
+    from flowseg.flows import labels_to_flows
+
+    targets = labels_to_flows(labels, device=device)
+    if context == 0:
+        return labels, targets
+    if min(labels.shape[-2:]) <= 2 * context:
+        raise ValueError(f"labels: expected crops wider than 2 * context = {2 * context} "
+                         f"pixels, got shape {tuple(labels.shape)}")
+    inner = (slice(context, -context),) * 2
+    return labels[(..., *inner)].contiguous(), targets[(..., *inner)].contiguous()
+
+
 def train_one_epoch(net: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, *, config: TrainConfig,
                     device: torch.device, epoch: int = 0, progress: bool = True) -> dict[str, float]:
@@ -155,8 +188,6 @@ def train_one_epoch(net: torch.nn.Module, loader: DataLoader, optimizer: torch.o
     FloatingPointError
         A non-finite loss (names the epoch and step).
     """
-    from flowseg.flows import labels_to_flows
-
     net.train()
     dtype = resolve_precision(config.precision, device)
     layout = preferred_memory_format(device, dtype)
@@ -166,7 +197,7 @@ def train_one_epoch(net: torch.nn.Module, loader: DataLoader, optimizer: torch.o
         images = images.to(device, non_blocking=True).contiguous(memory_format=layout)
         labels = labels.to(device, non_blocking=True)
         ignore = ignore.to(device, non_blocking=True)
-        targets = labels_to_flows(labels, device=device)
+        labels, targets = crop_targets(labels, config.flow_context, device=device)
         with autocast(device, dtype):
             output = net(images, class_grad=config.class_grad)
         terms = segmentation_loss(output, targets, labels, class_index.to(device),
@@ -501,7 +532,8 @@ def fit(train_items: Sequence[Sample], val_items: Sequence[Sample], config: Trai
     net = net.to(device, memory_format=preferred_memory_format(device, dtype))
     log.info("training on %s in %s", device, "bf16 autocast" if dtype == torch.bfloat16 else "float32")
     dataset = CropDataset([*train_items, *pseudo_items], class_names, crop_size=config.crop_size,
-                          augment=config.augment, seed=config.seed)
+                          augment=config.augment, seed=config.seed,
+                          label_context=config.flow_context)
     steps = math.ceil(len(train_items) / config.batch_size)
     optimizer = make_optimizer(net, config)
     run = _Run(net, optimizer, make_scheduler(optimizer, config, steps))

@@ -51,6 +51,13 @@ def test_trains_end_to_end_on_prepared_folder(prepared, tmp_path):
     with open(out / "history.csv", newline="") as handle:
         assert [r["epoch"] for r in csv.DictReader(handle)] == ["1", "2"]
     assert load_model(out / "last.pt").train_config.crop_size == 32
+    assert load_model(out / "last.pt").train_config.flow_context == 0
+
+
+def test_flow_context_option_reaches_the_run(prepared, tmp_path):
+    out = tmp_path / "run"
+    assert main(["--data", str(prepared), "--out", str(out), *TINY, "--flow-context", "8"]) == 0
+    assert load_model(out / "last.pt").train_config.flow_context == 8
 
 
 def test_single_folder_without_val_keeps_last_only(tmp_path, capsys):

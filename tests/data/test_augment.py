@@ -4,7 +4,7 @@ from scipy import ndimage
 
 from flowseg.config import AugmentConfig
 from flowseg.data.augment import (adjust_intensity, apply_affine, augment_pair, augment_sample,
-                                  lower_resolution, random_affine, warp_mask)
+                                  lower_resolution, random_affine, warp_mask, widen)
 
 EXACT = AugmentConfig(rotation=0.0, scale=(1.0, 1.0))
 
@@ -90,6 +90,38 @@ def test_ignore_mask_follows_the_labels(seed):
     inside = warp_mask(np.ones(labels.shape, bool),
                        random_affine(labels.shape, 48, np.random.default_rng(seed), config))
     assert np.array_equal(out_ignore, (out_labels % 3 == 0) & inside)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_label_context_widens_the_labels_around_the_same_crop(seed):
+    """Labels with context: the centre is the crop's labels, the rim the image around it (the
+    same map), and the image does not change."""
+    labels = ndimage.zoom(_labels((12, 15), seed), 6, order=0)
+    image = labels[None].astype(np.float32) / 40
+    config = AugmentConfig(rotation=180.0, scale=(0.7, 1.4))
+    plain = augment_sample(image, labels, None, crop_size=32, rng=np.random.default_rng(seed),
+                           config=config)
+    wide = augment_sample(image, labels, None, crop_size=32, rng=np.random.default_rng(seed),
+                          config=config, label_context=8)
+    assert wide[1].shape == (48, 48) and wide[1].dtype == np.int32
+    assert np.array_equal(wide[1][8:-8, 8:-8], plain[1])
+    assert np.array_equal(wide[0], plain[0]) and np.array_equal(wide[2], plain[2])
+    transform = random_affine(labels.shape, 32, np.random.default_rng(seed), config)
+    whole = widen(transform, 8)
+    _, expected = apply_affine(image, labels, whole)
+    assert np.array_equal(wide[1], expected)
+    assert set(np.unique(wide[1][:8])) - {0}   # the rim holds cells of the image
+
+
+def test_widen_by_zero_is_the_map_and_negative_context_is_an_error():
+    transform = random_affine((40, 50), 16, np.random.default_rng(0), EXACT)
+    assert widen(transform, 0) is transform
+    wide = widen(transform, 3)
+    assert wide.shape == (22, 22)
+    assert np.allclose(wide.matrix @ np.array([3.0, 3.0]) + wide.offset, transform.offset)
+    for bad in (-1, 2.0, True):
+        with pytest.raises(ValueError, match="context"):
+            widen(transform, bad)
 
 
 def test_no_ignore_mask_gives_all_false():

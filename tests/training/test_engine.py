@@ -11,7 +11,9 @@ from flowseg.data.dataset import CropDataset, make_sample
 from flowseg.io.atomic import atomic_path
 from flowseg.model.checkpoint import Model, load_model, load_train_state, save_model
 from flowseg.model.unet import UNet
-from flowseg.training.engine import (HISTORY_FIELDS, evaluate_val, first_epoch_leftovers, fit,
+from flowseg.flows import labels_to_flows
+from flowseg.training.engine import (HISTORY_FIELDS, crop_targets, evaluate_val,
+                                     first_epoch_leftovers, fit,
                                      lr_factor, make_optimizer, make_scheduler, temporary_files,
                                      train_one_epoch)
 
@@ -41,6 +43,37 @@ def test_two_steps_give_finite_changing_loss(samples, tiny_configs):
     assert losses[0]["loss"] != losses[1]["loss"]
     assert set(losses[0]) == {"loss", "flow", "cellprob", "classes"}
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
+def test_crop_targets_keep_the_centres_of_cells_cut_by_the_crop():
+    """A cell cut by the crop's edge points to the centre of its whole (inside the context),
+    not to one inside the crop; context 0 gives the crop's own targets."""
+    labels = torch.zeros((1, 40, 40), dtype=torch.int32)
+    labels[0, 4:36, 0:14] = 1          # centre near column 7: left of the crop (8-31)
+    labels[0, 20:26, 24:30] = 2        # wholly inside the crop
+    crop, targets = crop_targets(labels, 8, device=torch.device("cpu"))
+    assert crop.shape == (1, 24, 24) and targets.shape == (1, 2, 24, 24)
+    assert torch.equal(crop, labels[:, 8:-8, 8:-8])
+    assert torch.equal(targets, labels_to_flows(labels)[:, :, 8:-8, 8:-8])
+    # Cell 1's part in the crop: its whole-cell flows all point left, out of the crop; flows
+    # of the crop alone point to a centre inside it (about half of them right).
+    inside = crop[0] == 1
+    assert bool((targets[0, 1][inside] < 0).all())
+    alone = labels_to_flows(crop)
+    assert (alone[0, 1][inside] > 0).float().mean() > 0.3
+    crop0, targets0 = crop_targets(crop, 0, device=torch.device("cpu"))
+    assert crop0 is crop and torch.equal(targets0, alone)
+    with pytest.raises(ValueError, match="context"):
+        crop_targets(labels, 20, device=torch.device("cpu"))
+
+
+def test_fit_with_flow_context_trains_and_stores_it(samples, tiny_configs, tmp_path):
+    train, val = samples
+    config, model_config = tiny_configs
+    config = dataclasses.replace(config, epochs=1, flow_context=8)
+    model = fit(train, val, config, model_config, tmp_path, progress=False)
+    assert load_model(tmp_path / "last.pt").train_config.flow_context == 8
+    assert model.train_config == config
 
 
 def test_fit_writes_run_files_and_returns_best(samples, tiny_configs, tmp_path):
