@@ -48,7 +48,8 @@ log = logging.getLogger("flowseg.train")
 
 #: argparse dest -> TrainConfig field, and -> ModelConfig field.
 _TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "crop": "crop_size",
-                  "flow_context": "flow_context", "device": "device", "seed": "seed", "val_every": "val_every",
+                  "flow_context": "flow_context", "device": "device", "seed": "seed",
+                  "val_every": "val_every",
                   "num_workers": "num_workers", "warmup_epochs": "warmup_epochs",
                   "weight_decay": "weight_decay", "balance_classes": "balance_classes",
                   "precision": "precision", "flow_weight": "flow_weight",

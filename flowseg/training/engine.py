@@ -59,9 +59,9 @@ from flowseg.training.distributed import (all_reduce_sums, barrier, broadcast_ob
 from flowseg.training.finetune import init_segment_config, init_weights
 from flowseg.training.losses import class_pixels, segmentation_loss
 
-__all__ = ["EpochRecord", "ValResult", "HISTORY_FIELDS", "crop_targets", "make_optimizer", "make_scheduler",
-           "train_one_epoch", "evaluate_val", "fit", "RUN_FILES", "first_epoch_leftovers",
-           "remove_leftovers", "temporary_files"]
+__all__ = ["EpochRecord", "ValResult", "HISTORY_FIELDS", "crop_targets", "make_optimizer",
+           "make_scheduler", "train_one_epoch", "evaluate_val", "fit", "RUN_FILES",
+           "first_epoch_leftovers", "remove_leftovers", "temporary_files"]
 
 log = logging.getLogger(__name__)
 
