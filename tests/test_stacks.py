@@ -51,8 +51,10 @@ def test_a_three_plane_stack_keeps_its_cell_ids():
     # the same cells shifted by 1-2 px: nearly all keep their id (a border cell may leave)
     assert ids[0] | ids[1] | ids[2] == set(range(1, result.n_instances + 1))
     assert len(ids[0] & ids[1] & ids[2]) >= 0.8 * result.n_instances
-    for z in (1, 2):  # where a cell moved to, it has its id of plane 0
-        moved = np.roll(result.labels[0], z, axis=1)
+    for z in (1, 2):  # where a cell of the plane below moved to, it has that cell's id
+        # (linking is between neighbouring planes, as in cellpose's stitch3D: a cell the
+        # network misses in the middle plane comes back in the top one with a new id)
+        moved = np.roll(result.labels[z - 1], 1, axis=1)
         both = (moved > 0) & (result.labels[z] > 0)
         assert (result.labels[z][both] == moved[both]).mean() > 0.98
     assert set(result.cell_types) <= set(model.class_names)
