@@ -72,7 +72,8 @@ class TuningGrid:
     flow_thresholds : tuple of float
         Flow-error thresholds; ``0`` disables the check.
     min_sizes : tuple of int
-        Minimum instance sizes in pixels.
+        Minimum instance sizes in pixels (up to 300: large cells, such as Sartorius astrocytes
+        of ~700 px, chose 150, above the old grid's top value 100).
     min_flows : tuple of float
         ``SegmentConfig.min_flow`` values (one for all classes: it shapes the clustering); the
         whole grid is searched at each. Empty (the default): keep the config's value.
@@ -80,7 +81,7 @@ class TuningGrid:
 
     cellprob_thresholds: tuple[float, ...] = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
     flow_thresholds: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.2)
-    min_sizes: tuple[int, ...] = (0, 10, 15, 25, 40, 60, 100)
+    min_sizes: tuple[int, ...] = (0, 10, 15, 25, 40, 60, 100, 150, 200, 300)
     min_flows: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
