@@ -149,7 +149,7 @@ def check_segment(sizes: Sizes, device: torch.device) -> dict:
     """``segment`` with the shipped model: normalisation, network, flows -> labels, results."""
     images = list(_synthetic(2 * sizes.batch, sizes.shape)[0])
     model = load_model(device=device)
-    predict = PredictConfig(batch_size=sizes.batch)
+    predict = PredictConfig(batch_size=sizes.batch, tta=False)
     run = _synced(lambda: segment(images, model, predict=predict), device)
     run()   # warm-up
     seconds = median_time(run, sizes.repeats)

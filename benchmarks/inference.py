@@ -80,9 +80,9 @@ def _flowseg_rows(name: str, model: Model, images, batches, repeats, precisions)
     rows = []
     for precision in precisions:
         segment(images[:1], model,
-                predict=PredictConfig(batch_size=1, precision=precision))  # warm-up
+                predict=PredictConfig(batch_size=1, tta=False, precision=precision))  # warm-up
         for b in batches:
-            predict = PredictConfig(batch_size=b, precision=precision)
+            predict = PredictConfig(batch_size=b, tta=False, precision=precision)
             seconds = _time(lambda: segment(images, model, predict=predict), repeats)
             rows.append((f"{name} {precision}", b, len(images), seconds, len(images) / seconds))
     return rows
@@ -126,7 +126,7 @@ def _flowseg_stages(model, paths, out_dir, batch, precision, repeats):
     """Seconds per image of read, normalise, network, flows -> masks, write; and the maps."""
     read, images = _stage(lambda ps: [read_image(p) for p in ps], paths, repeats)
     norm, normed = _stage(lambda ims: [normalize_image(im) for im in ims], images, repeats)
-    predict = PredictConfig(batch_size=batch, precision=precision, normalize=None)
+    predict = PredictConfig(batch_size=batch, tta=False, precision=precision, normalize=None)
     predict_maps(normed[:1], model, predict=predict)  # warm-up
     net, maps = _stage(lambda xs: predict_maps(xs, model, predict=predict), normed, repeats)
     segment_maps(maps[:1], model.class_names, config=model.segment_config)  # warm-up

@@ -47,7 +47,8 @@ def main() -> None:
     net.load_model(str(args.cellpose_weights))
     net.eval()
     model = flowseg.load_model(args.flowseg_model)
-    ours = predict_maps([s.image for s in samples], model, predict=PredictConfig(tile=None))
+    ours = predict_maps([s.image for s in samples], model,
+                        predict=PredictConfig(tile=None, tta=False))
     scores: dict[str, dict[str, list[float]]] = {}
     for sample, fs in zip(samples, ours):
         cp = cellpose_maps(net, sample.image)

@@ -132,7 +132,7 @@ def _per_type(scores: np.ndarray, types: tuple[str, ...]) -> list[float]:
 
 def _maps(model, split: str, n: int, shape: tuple[int, int], offset: int = 0) -> TuningData:
     images, truths, types = load_split(split, n, shape, offset=offset)
-    maps = predict_maps(images, model, predict=PredictConfig(tile=None))
+    maps = predict_maps(images, model, predict=PredictConfig(tile=None, tta=False))
     return TuningData(maps, truths, types, model.class_names)
 
 

@@ -52,8 +52,8 @@ class BatchConfig:
         Network tile side in pixels, a positive multiple of the model's size multiple (8 for the
         default model; checked against the model by ``segment_files``). ``0`` or ``None``: whole
         images, untiled (``0`` is stored as ``None``).
-    tta : bool
-        Flip test-time augmentation.
+    tta : bool or None
+        Flip test-time augmentation (None: the model's choice, :attr:`flowseg.Model.tta`).
     scale : float or None
         Resize factor of the images before the network (see :func:`flowseg.api.segment`).
     diameter : float or None
@@ -90,7 +90,7 @@ class BatchConfig:
     device: str = "auto"
     batch_size: int = 8
     tile: int | None = DEFAULT_TILE
-    tta: bool = False
+    tta: bool | None = None
     scale: float | None = None
     diameter: float | None = None
     overlay: bool = False

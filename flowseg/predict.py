@@ -23,7 +23,7 @@ from flowseg.tiling import TileGrid, split_tiles, stitch_tiles, tile_grid
 
 __all__ = ["DEFAULT_TILE", "NORMALIZE", "PREDICT_FIELDS", "TILE_OVERLAP", "PredictConfig",
            "check_image", "check_images", "check_model", "check_predict", "check_tile",
-           "predict_maps", "set_layout"]
+           "predict_maps", "resolve_tta", "set_layout"]
 
 #: Default network tile side in pixels (images larger than this are tiled with overlap).
 DEFAULT_TILE = 256
@@ -109,8 +109,10 @@ class PredictConfig:
         for the default model; checked against the model when it runs, :func:`check_tile`);
         larger images are tiled with overlap and blended. ``0`` or ``None`` runs each image
         whole (untiled; ``0`` is stored as ``None``).
-    tta : bool
-        Average the four flips of each tile (4x the network cost).
+    tta : bool or None
+        Average the four flips of each tile (4x the network cost). None (the default): as the
+        model chose (:attr:`flowseg.Model.tta`, set when its thresholds were tuned on
+        flip-averaged maps; False for models that record no choice).
     precision : {"auto", "bf16", "fp32"}
         The network's arithmetic: ``"auto"`` is bf16 autocast on CUDA and on CPUs with native
         bf16 (AVX-512 BF16 / AMX, where it is 2-3x faster), float32 elsewhere; ``"fp32"``
@@ -124,15 +126,15 @@ class PredictConfig:
 
     batch_size: int = 8
     tile: int | None = DEFAULT_TILE
-    tta: bool = False
+    tta: bool | None = None
     precision: str = "auto"
     normalize: tuple[float, float] | None = NORMALIZE
 
     def __post_init__(self) -> None:
         check_int("batch_size", self.batch_size, minimum=1)
         object.__setattr__(self, "tile", check_tile(self.tile, size_multiple=1))
-        if not isinstance(self.tta, bool):
-            raise TypeError(f"tta: expected a bool, got {self.tta!r}")
+        if self.tta is not None and not isinstance(self.tta, bool):
+            raise TypeError(f"tta: expected a bool or None (the model's choice), got {self.tta!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: expected one of {PRECISIONS}, got {self.precision!r}")
         object.__setattr__(self, "normalize", check_percentiles(self.normalize))
@@ -217,6 +219,12 @@ def check_images(images: Sequence[np.ndarray], in_channels: int) -> list[np.ndar
     return [check_image(image, in_channels, f"images[{i}]") for i, image in enumerate(images)]
 
 # ----------------------------------------------------------------------------- network stage
+def resolve_tta(predict: PredictConfig, model: Model) -> bool:
+    """Whether the network runs with flip test-time augmentation: ``predict.tta``, or the
+    model's own choice (``model.tta``) where that is None."""
+    return bool(model.tta) if predict.tta is None else predict.tta
+
+
 def _forward(model: Model, x: torch.Tensor, *, tta: bool, dtype: torch.dtype) -> torch.Tensor:
     """Network output (B, 3 + K, h, w) float32: unit flows (dy, dx), cellprob logit, class logits.
 
@@ -297,7 +305,7 @@ def predict_maps(images: Sequence[np.ndarray], model: Model, *,
                    and pieces[order[start + len(batch)]][1].shape == shape):
                 batch.append(order[start + len(batch)])
             x = torch.stack([pieces[k][1] for k in batch]).to(device)
-            y = _forward(model, x, tta=predict.tta, dtype=dtype)
+            y = _forward(model, x, tta=resolve_tta(predict, model), dtype=dtype)
             for k, out in zip(batch, y):
                 outputs[pieces[k][0]].append((k, out))
             start += len(batch)

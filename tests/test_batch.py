@@ -250,7 +250,8 @@ def test_batch_config_checks_ints_and_tiles(inputs, tmp_path):
         BatchConfig(chunk=True)
     with pytest.raises(TypeError, match="worker_threads: expected an int"):
         BatchConfig(worker_threads=1.0)
-    with pytest.raises(TypeError, match="tta: expected a bool, got 1"):
+    with pytest.raises(TypeError, match=r"tta: expected a bool or None \(the model's choice\), "
+                                        r"got 1"):
         BatchConfig(tta=1)
     assert BatchConfig(tile=0).tile is None and BatchConfig(tile=None).tile is None
     with pytest.raises(ValueError, match=r"tile: expected 0 \(whole images, untiled\) or a "

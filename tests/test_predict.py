@@ -56,6 +56,21 @@ def test_tta_output_is_flip_equivariant():
     np.testing.assert_allclose(maps[2:], maps[2:, :, ::-1], atol=1e-5)
 
 
+def test_tta_none_follows_the_model_and_a_given_value_overrides_it():
+    model = tiny_model()
+    image = np.random.default_rng(1).random((32, 48)).astype(np.float32)
+
+    def maps(tta, model_tta):
+        model.tta = model_tta
+        return predict_maps([image], model, predict=PredictConfig(tile=None, tta=tta))[0].numpy()
+
+    flips, plain = maps(True, False), maps(False, False)
+    assert not np.allclose(flips, plain, atol=1e-4)
+    np.testing.assert_array_equal(maps(None, True), flips)
+    np.testing.assert_array_equal(maps(None, False), plain)
+    np.testing.assert_array_equal(maps(False, True), plain)
+
+
 @pytest.mark.parametrize("tile, expected", [(None, None), (0, None), (np.int64(0), None),
                                             (16, 16), (np.int64(256), 256)])
 def test_check_tile_zero_and_none_mean_untiled(tile, expected):
@@ -87,7 +102,7 @@ def test_wrong_channels_say_how_many_the_model_takes():
 def test_predict_config_keeps_checked_values():
     assert PredictConfig(tile=0).tile is None          # 0: whole images, stored as None
     assert PredictConfig(normalize=[2, 98]).normalize == (2.0, 98.0)
-    assert PredictConfig() == PredictConfig(batch_size=8, tile=256, tta=False, precision="auto",
+    assert PredictConfig() == PredictConfig(batch_size=8, tile=256, tta=None, precision="auto",
                                             normalize=(1.0, 99.0))
 
 

@@ -105,7 +105,9 @@ def _add_pseudo(sub) -> None:
                         f"{d.background_prob})")
     p.add_argument("--margin", type=int, default=d.margin,
                    help=f"also ignore this many pixels around dropped instances (default {d.margin})")
-    p.add_argument("--tta", action="store_true", help="teacher with flip test-time augmentation")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="teacher with (or without) flip test-time augmentation (default: as the "
+                        "teacher model chose when it was tuned)")
     p.add_argument("--scale", type=_scale, default=None,
                    help="resize images by this factor before the teacher (default: as "
                         "flowseg-segment); 1 for images at the teacher's training magnification")

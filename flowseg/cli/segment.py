@@ -1,7 +1,8 @@
 """``flowseg-segment``: segment images with a model; write masks, overlays and a submission.
 
     flowseg-segment --demo --out DIR          # the shipped samples with the shipped model
-    flowseg-segment IMAGES...|DIR [--model PATH [--model PATH2 ...]] --out DIR [--tta] [--overlay]
+    flowseg-segment IMAGES...|DIR [--model PATH [--model PATH2 ...]] --out DIR
+                    [--tta | --no-tta] [--overlay]
                     [--diameter PX | --scale F]
                     [--save-seg] [--save-rois] [--save-outlines] [--save-png] [--save-flows]
                     [--save-coco] [--channel N] [--stitch-threshold 0.25]
@@ -143,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "ensemble into one file with flowseg-evaluate tune --model A --model B "
                         "--out ENS.pt)")
     p.add_argument("--out", required=True, help="output folder for <name>_masks.tif (and overlays)")
-    p.add_argument("--tta", action="store_true", help="flip test-time augmentation (4x network cost)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="flip test-time augmentation (4x network cost); default: as the model "
+                        "chose when it was tuned (the shipped model: on)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--diameter", type=float, default=None,
                       help="mean cell diameter in the images, in pixels: images are resized by "

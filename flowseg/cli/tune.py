@@ -6,7 +6,8 @@ Usage::
                           [--cellprob-grid -2,-1,0,1,2] [--flow-grid 0,0.2,0.4,0.6,0.8]
                           [--min-size-grid 0,15,30,60] [--min-flow-grid 0,0.3] [--min-gain 0]
                           [--class-source image|instance]
-                          [--batch-size 8] [--tile 256] [--scale 1] [--device auto] [--precision auto] [--quiet]
+                          [--tta | --no-tta] [--batch-size 8] [--tile 256] [--scale 1]
+                          [--device auto] [--precision auto] [--quiet]
 
 ``VALDIR`` is a Cellpose-style folder (``<name>.tif`` + ``<name>_masks.tif``) with a
 ``cell_types.csv`` naming each image's cell type. The network runs once over the images; every
@@ -87,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
                         f"on its images to be kept (default {DEFAULT_MIN_GAIN})")
     p.add_argument("--class-source", choices=CLASS_SOURCES, default=None,
                    help="whose cell type selects an instance's values (default: the model's)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="tune on flip-averaged maps (4x network cost) and record that choice in "
+                        "the model, so flowseg-segment runs it with flips by default; --no-tta: "
+                        "without (default: the model's own choice)")
     p.add_argument("--batch-size", type=int, default=8, help="network tiles per batch")
     p.add_argument("--tile", type=int, default=DEFAULT_TILE, help="network tile side; 0 = whole images")
     p.add_argument("--scale", type=float, default=1.0,
@@ -156,7 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     items = _read_data(args.data, model.class_names)
     images = [check_image(read_image(i.image_path), model.model_config.in_channels,
                           f"image {i.image_path}") for i in items]
-    predict = PredictConfig(batch_size=args.batch_size, tile=args.tile, precision=args.precision)
+    tta = model.tta if args.tta is None else args.tta
+    predict = PredictConfig(batch_size=args.batch_size, tile=args.tile, tta=tta,
+                            precision=args.precision)
     maps = predict_maps(images, model, predict=predict, scale=args.scale)
     data = TuningData(maps, [read_labels(i.masks_path) for i in items],
                       tuple(i.cell_type for i in items), model.class_names, scale=args.scale)
@@ -166,8 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = tune(data, config=config, grid=grid, min_gain=args.min_gain, batch_size=args.batch_size,
                   progress=lambda it: tqdm(it, desc="tune", unit="threshold", disable=args.quiet))
     model.segment_config = result.config
+    model.tta = tta
     model.metadata = {**model.metadata, "tuning": {
-        "data": str(args.data), "n_images": len(items), "before": result.before,
+        "data": str(args.data), "n_images": len(items), "tta": tta, "before": result.before,
         "after": result.after, "n_trials": result.n_trials}}
     if len(args.model) > 1:
         model.metadata["ensemble_sources"] = [str(m) for m in args.model]

@@ -57,6 +57,10 @@ class Model:
         How the weights were trained.
     metadata : dict
         Plain python values (flowseg version, epochs, validation score, ...).
+    tta : bool
+        The model's own choice of flip test-time augmentation, used where
+        ``PredictConfig.tta`` is None (the default); ``flowseg-evaluate tune --tta`` sets it
+        when the thresholds are tuned on flip-averaged maps. False for files that record none.
     """
 
     net: UNet
@@ -65,9 +69,12 @@ class Model:
     segment_config: SegmentConfig = field(default_factory=SegmentConfig)
     train_config: TrainConfig | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    tta: bool = False
 
     def __post_init__(self) -> None:
         self.class_names = tuple(self.class_names)
+        if not isinstance(self.tta, bool):
+            raise TypeError(f"tta: expected a bool, got {self.tta!r}")
         if len(self.class_names) != self.model_config.n_classes:
             raise ValueError(f"class_names: expected {self.model_config.n_classes} names "
                              f"(model_config.n_classes), got {self.class_names}")
@@ -113,9 +120,9 @@ def _payload(model: Model, path: Path, train_state: dict[str, Any] | None) -> di
         return {"format": FORMAT_NAME, "format_version": ENSEMBLE_FORMAT_VERSION,
                 "members": entries, "class_names": list(model.class_names),
                 "segment_config": model.segment_config.to_dict(), "train_config": None,
-                "metadata": {"flowseg_version": __version__, **model.metadata}}
+                "metadata": {"flowseg_version": __version__, **model.metadata}, "tta": model.tta}
     payload = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
-               "class_names": list(model.class_names), **_entry(model, path)}
+               "class_names": list(model.class_names), **_entry(model, path), "tta": model.tta}
     if train_state is not None:
         payload["train_state"] = train_state
     return payload
@@ -144,7 +151,7 @@ def save_model(path: str | os.PathLike, model: Model, *, train_state: dict[str, 
     return path
 
 
-#: Keys every model file holds (``train_state`` is optional).
+#: Keys every model file holds (``train_state`` and ``tta`` are optional).
 REQUIRED_KEYS = ("model_config", "state_dict", "class_names", "segment_config", "train_config",
                  "metadata")
 #: Keys of a file of several networks (format version 2), and of each entry of its ``members``.
@@ -181,6 +188,14 @@ def _check_keys(payload: Any, path: Path, keys: tuple[str, ...] = REQUIRED_KEYS,
                          f"(expected the keys {', '.join(keys)})")
 
 
+def _tta(payload: dict[str, Any]) -> bool:
+    """The stored ``tta`` choice (False when the file records none: files before it)."""
+    tta = payload.get("tta", False)
+    if not isinstance(tta, bool):
+        raise TypeError(f"tta: expected a bool, got {tta!r}")
+    return tta
+
+
 def _model(payload: dict[str, Any], path: Path) -> Model:
     """The Model of a payload with all :data:`REQUIRED_KEYS` (weights on the CPU / map location)."""
     model_config = ModelConfig.from_dict(payload["model_config"])
@@ -194,7 +209,7 @@ def _model(payload: dict[str, Any], path: Path) -> Model:
     return Model(net=net, model_config=model_config, class_names=tuple(payload["class_names"]),
                  segment_config=SegmentConfig.from_dict(payload["segment_config"]),
                  train_config=None if train_config is None else TrainConfig.from_dict(train_config),
-                 metadata=dict(payload["metadata"]))
+                 metadata=dict(payload["metadata"]), tta=_tta(payload))
 
 
 def _ensemble(payload: dict[str, Any], path: Path) -> Model:
@@ -211,7 +226,7 @@ def _ensemble(payload: dict[str, Any], path: Path) -> Model:
         models.append(_model({**entry, "class_names": payload["class_names"]}, path))
     return ensemble(models, names=[f"{path} members[{i}]" for i in range(len(models))],
                     segment_config=SegmentConfig.from_dict(payload["segment_config"]),
-                    metadata=dict(payload["metadata"]))
+                    metadata=dict(payload["metadata"]), tta=_tta(payload))
 
 
 def load_model(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> Model:

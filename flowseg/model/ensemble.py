@@ -105,7 +105,8 @@ def _check_members(models: Sequence[Model], names: Sequence[str]) -> None:
 
 
 def ensemble(models: Sequence[Model], *, names: Sequence[str] | None = None,
-             segment_config: SegmentConfig | None = None, metadata: dict | None = None) -> Model:
+             segment_config: SegmentConfig | None = None, metadata: dict | None = None,
+             tta: bool | None = None) -> Model:
     """One model that averages the maps of ``models``'s networks (:class:`EnsembleNet`).
 
     Parameters
@@ -123,6 +124,9 @@ def ensemble(models: Sequence[Model], *, names: Sequence[str] | None = None,
         the first member's size model (:data:`flowseg.size.SIZE_MODEL_KEY`), which
         ``segment`` uses with that member's style vectors to estimate each image's cell size,
         so an ensemble is resized as its first member would be.
+    tta : bool, optional
+        The ensemble's own flip test-time augmentation choice (:attr:`Model.tta`); default:
+        the first model's.
 
     Returns
     -------
@@ -150,4 +154,5 @@ def ensemble(models: Sequence[Model], *, names: Sequence[str] | None = None,
     if SIZE_MODEL_KEY in first.metadata and hasattr(first.net, "level_styles"):
         metadata.setdefault(SIZE_MODEL_KEY, first.metadata[SIZE_MODEL_KEY])
     return Model(net=net, model_config=net.config, class_names=models[0].class_names,
-                 segment_config=tuned, train_config=None, metadata=metadata)
+                 segment_config=tuned, train_config=None, metadata=metadata,
+                 tta=models[0].tta if tta is None else tta)

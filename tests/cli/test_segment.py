@@ -293,6 +293,26 @@ def test_two_model_flags_segment_with_their_ensemble(inputs, tmp_path, capsys):
     assert "5 segmented, 0 skipped" in capsys.readouterr().out  # another model: redone
 
 
+def test_the_models_tta_choice_applies_unless_a_flag_says_otherwise(inputs, tmp_path):
+    import tifffile
+
+    from flowseg.model.checkpoint import load_model, save_model
+
+    model, paths = inputs
+    flips = load_model(model)
+    flips.tta = True
+    save_model(tmp_path / "flips.pt", flips)
+    good = [str(p) for p in paths if p.stem != "bad"][:2]
+    runs = {}
+    for name, flag in [("model", []), ("on", ["--tta"]), ("off", ["--no-tta"])]:
+        assert main([*good, "--model", str(tmp_path / "flips.pt"), "--out", str(tmp_path / name),
+                     "--device", "cpu", "--quiet", "--tile", "32", "--save-flows", *flag]) == 0
+        runs[name] = [tifffile.imread(tmp_path / name / f"{Path(p).stem}_flows.tif") for p in good]
+    for a, b, c in zip(runs["model"], runs["on"], runs["off"]):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, c) for a, c in zip(runs["model"], runs["off"]))
+
+
 def test_diameter_sets_the_scale_and_each_record_keeps_the_choice(inputs, tmp_path, capsys):
     from flowseg.model.checkpoint import load_model, save_model
     from flowseg.size import SizeModel

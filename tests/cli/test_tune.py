@@ -61,6 +61,28 @@ def test_tune_writes_a_new_model_with_per_class_values(tmp_path, model_path, val
     assert table[-1].split()[-2:] == ["min_flow", "0.3"]  # the model's: no --min-flow-grid
 
 
+def test_tune_with_tta_records_the_choice_and_segment_follows_it(tmp_path, model_path, val_dir):
+    from flowseg.api import PredictConfig, segment
+
+    base = ["tune", "--data", str(val_dir), "--tile", "0", "--quiet", *GRID]
+    assert main([*base, "--model", str(model_path), "--out", str(tmp_path / "tta.pt"),
+                 "--tta"]) == 0
+    tuned = load_model(tmp_path / "tta.pt")
+    assert tuned.tta is True and tuned.metadata["tuning"]["tta"] is True
+    assert load_model(model_path).tta is False
+    # retuned without the flag: the model's choice is kept; --no-tta turns it off
+    assert main([*base, "--model", str(tmp_path / "tta.pt"), "--out", str(tmp_path / "a.pt")]) == 0
+    assert load_model(tmp_path / "a.pt").tta is True
+    assert main([*base, "--model", str(tmp_path / "tta.pt"), "--out", str(tmp_path / "b.pt"),
+                 "--no-tta"]) == 0
+    assert load_model(tmp_path / "b.pt").tta is False
+    image, _ = make_synthetic("round", shape=(48, 48), seed=0)
+    run = [segment([image], tuned, scale=1.0, return_maps=True,
+                   predict=PredictConfig(tile=None, tta=tta))[0] for tta in (None, True, False)]
+    np.testing.assert_array_equal(run[0].flows, run[1].flows)
+    assert not np.allclose(run[0].flows, run[2].flows, atol=1e-4)
+
+
 def test_in_place_and_class_source(model_path, val_dir):
     assert main(["tune", "--model", str(model_path), "--data", str(val_dir), "--in-place",
                  "--tile", "0", "--class-source", "instance", "--quiet", *GRID]) == 0

@@ -36,6 +36,17 @@ def test_reload_gives_identical_outputs_and_configs(tmp_path):
     assert not loaded.net.training
 
 
+def test_the_tta_choice_is_stored_and_files_without_it_read_false(tmp_path):
+    path = save_model(tmp_path / "m.pt", _model(tta=True))
+    assert load_model(path).tta is True
+    payload = torch.load(path, weights_only=True)
+    del payload["tta"]                      # a file written before the choice was stored
+    torch.save(payload, tmp_path / "old.pt")
+    assert load_model(tmp_path / "old.pt").tta is False
+    with pytest.raises(TypeError, match="tta: expected a bool, got 1"):
+        _model(tta=1)
+
+
 def test_train_state_round_trip(tmp_path):
     model = _model()
     opt = torch.optim.AdamW(model.net.parameters())
@@ -97,7 +108,8 @@ def test_missing_keys_name_the_file_and_the_keys(tmp_path, key):
 
 @pytest.mark.parametrize("key, value", [("model_config", "widths=8"), ("class_names", 3),
                                         ("segment_config", {"min_size": 2.5}),
-                                        ("metadata", [1, 2, 3]), ("state_dict", None)])
+                                        ("metadata", [1, 2, 3]), ("state_dict", None),
+                                        ("tta", "yes")])
 def test_values_of_the_wrong_kind_name_the_file(tmp_path, key, value):
     save_model(tmp_path / "m.pt", _model())
     payload = torch.load(tmp_path / "m.pt", weights_only=True)
