@@ -112,7 +112,8 @@ def export_metadata(model: Model, *, export_format: str, opset: int | None = Non
     -------
     dict
         ``format``, ``format_version``, ``model_config``, ``class_names``, ``segment_config``
-        (tuned thresholds per class), ``train_config``, ``metadata`` (the checkpoint's), and for
+        (tuned thresholds per class), ``train_config``, ``metadata`` (the checkpoint's), ``tta``
+        (whether the model runs with flip test-time augmentation by default), and for
         servers ``input`` (name, shape, dtype, normalisation), ``outputs`` (shape and meaning
         of each), ``flow_scale`` and ``export`` (format, opset, flowseg and torch versions).
     """
@@ -125,6 +126,7 @@ def export_metadata(model: Model, *, export_format: str, opset: int | None = Non
         "segment_config": model.segment_config.to_dict(),
         "train_config": None if model.train_config is None else model.train_config.to_dict(),
         "metadata": {"flowseg_version": __version__, **model.metadata},
+        "tta": model.tta,
         "flow_scale": FLOW_SCALE,
         "input": {
             "name": INPUT_NAME, "dtype": "float32", "shape": ["batch", config.in_channels,

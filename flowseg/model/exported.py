@@ -224,7 +224,8 @@ def model_from_metadata(document: Any, make_net: Callable[[ModelConfig], nn.Modu
                      class_names=tuple(document["class_names"]),
                      segment_config=SegmentConfig.from_dict(document["segment_config"]),
                      train_config=None if train_config is None else TrainConfig.from_dict(train_config),
-                     metadata={**document["metadata"], "export": document["export"]})
+                     metadata={**document["metadata"], "export": document["export"]},
+                     tta=document.get("tta", False))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise InputError(f"{source}: damaged flowseg export metadata: {one_line(exc)}") from exc
 
