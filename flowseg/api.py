@@ -119,8 +119,9 @@ def segment(images: Sequence[np.ndarray], model: Model, *, config: SegmentConfig
         (a config that would drop or ignore the tuned values is used, with a warning).
     predict : PredictConfig, optional
         How the network runs: batch size, tile side (default 256; None: whole images), flip
-        test-time augmentation, precision (bf16 where the hardware has it), percentile
-        normalisation; ``None``: the defaults. E.g. ``PredictConfig(tile=512, tta=True)``.
+        test-time augmentation (default: the model's choice, ``model.tta``; the shipped model
+        flips), precision (bf16 where the hardware has it), percentile normalisation;
+        ``None``: the defaults. E.g. ``PredictConfig(tile=512, tta=False)``.
     scale : float or sequence of float, optional
         Resize factor (one, or one per image) applied to each image before the network (the
         network's maps are resized back, so labels always have the image's size). A network
