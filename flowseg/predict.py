@@ -222,7 +222,7 @@ def check_images(images: Sequence[np.ndarray], in_channels: int) -> list[np.ndar
 def resolve_tta(predict: PredictConfig, model: Model) -> bool:
     """Whether the network runs with flip test-time augmentation: ``predict.tta``, or the
     model's own choice (``model.tta``) where that is None."""
-    return bool(model.tta) if predict.tta is None else predict.tta
+    return model.tta if predict.tta is None else predict.tta
 
 
 def _forward(model: Model, x: torch.Tensor, *, tta: bool, dtype: torch.dtype) -> torch.Tensor:
@@ -295,6 +295,7 @@ def predict_maps(images: Sequence[np.ndarray], model: Model, *,
         pieces.extend((i, p) for p in (split_tiles(t, grid) if grid else t[None]))
     outputs: list[list[torch.Tensor]] = [[] for _ in tensors]
     order = sorted(range(len(pieces)), key=lambda k: tuple(pieces[k][1].shape))
+    tta = resolve_tta(predict, model)
     model.net.eval()
     with torch.inference_mode():
         start = 0
@@ -305,7 +306,7 @@ def predict_maps(images: Sequence[np.ndarray], model: Model, *,
                    and pieces[order[start + len(batch)]][1].shape == shape):
                 batch.append(order[start + len(batch)])
             x = torch.stack([pieces[k][1] for k in batch]).to(device)
-            y = _forward(model, x, tta=resolve_tta(predict, model), dtype=dtype)
+            y = _forward(model, x, tta=tta, dtype=dtype)
             for k, out in zip(batch, y):
                 outputs[pieces[k][0]].append((k, out))
             start += len(batch)

@@ -41,6 +41,7 @@ from flowseg.io.folders import CELL_TYPES_FILE, list_folder
 from flowseg.io.images import read_image, read_labels
 from flowseg.model.checkpoint import save_model
 from flowseg.model.exported import exported_kind
+from flowseg.predict import resolve_tta
 from flowseg.tuning import DEFAULT_MIN_GAIN, TuningData, TuningGrid, TuningResult, tune
 
 __all__ = ["build_parser", "main", "run", "format_tuning_table"]
@@ -161,9 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     items = _read_data(args.data, model.class_names)
     images = [check_image(read_image(i.image_path), model.model_config.in_channels,
                           f"image {i.image_path}") for i in items]
-    tta = model.tta if args.tta is None else args.tta
-    predict = PredictConfig(batch_size=args.batch_size, tile=args.tile, tta=tta,
+    predict = PredictConfig(batch_size=args.batch_size, tile=args.tile, tta=args.tta,
                             precision=args.precision)
+    tta = resolve_tta(predict, model)
     maps = predict_maps(images, model, predict=predict, scale=args.scale)
     data = TuningData(maps, [read_labels(i.masks_path) for i in items],
                       tuple(i.cell_type for i in items), model.class_names, scale=args.scale)

@@ -188,14 +188,6 @@ def _check_keys(payload: Any, path: Path, keys: tuple[str, ...] = REQUIRED_KEYS,
                          f"(expected the keys {', '.join(keys)})")
 
 
-def _tta(payload: dict[str, Any]) -> bool:
-    """The stored ``tta`` choice (False when the file records none: files before it)."""
-    tta = payload.get("tta", False)
-    if not isinstance(tta, bool):
-        raise TypeError(f"tta: expected a bool, got {tta!r}")
-    return tta
-
-
 def _model(payload: dict[str, Any], path: Path) -> Model:
     """The Model of a payload with all :data:`REQUIRED_KEYS` (weights on the CPU / map location)."""
     model_config = ModelConfig.from_dict(payload["model_config"])
@@ -209,7 +201,7 @@ def _model(payload: dict[str, Any], path: Path) -> Model:
     return Model(net=net, model_config=model_config, class_names=tuple(payload["class_names"]),
                  segment_config=SegmentConfig.from_dict(payload["segment_config"]),
                  train_config=None if train_config is None else TrainConfig.from_dict(train_config),
-                 metadata=dict(payload["metadata"]), tta=_tta(payload))
+                 metadata=dict(payload["metadata"]), tta=payload.get("tta", False))
 
 
 def _ensemble(payload: dict[str, Any], path: Path) -> Model:
@@ -226,7 +218,7 @@ def _ensemble(payload: dict[str, Any], path: Path) -> Model:
         models.append(_model({**entry, "class_names": payload["class_names"]}, path))
     return ensemble(models, names=[f"{path} members[{i}]" for i in range(len(models))],
                     segment_config=SegmentConfig.from_dict(payload["segment_config"]),
-                    metadata=dict(payload["metadata"]), tta=_tta(payload))
+                    metadata=dict(payload["metadata"]), tta=payload.get("tta", False))
 
 
 def load_model(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> Model:
